@@ -1,0 +1,30 @@
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from . import views
+
+section_patterns = [
+    path("policies/", views.policy_list, name="policies"),
+    path("approvals/", views.approval_list, name="approvals"),
+]
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", include((section_patterns, "governance"))),
+    path("agents/", include("agents.urls")),
+    path("budgets/", include("billing.urls")),
+    path("audit/", include("audit.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/v1/", include("governance.api.urls")),
+]
+
+handler400 = "governance.errors.bad_request"
+handler403 = "governance.errors.permission_denied"
+handler404 = "governance.errors.not_found"
+handler500 = "governance.errors.server_error"
