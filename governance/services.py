@@ -38,3 +38,48 @@ def demo_users_ensure(*, password: str) -> list[str]:
             created.append(username)
     assert set(DEMO_USERS.values()) == set(GROUPS)
     return created
+
+
+@transaction.atomic
+def api_token_issue(*, user, name: str, expires_at=None, by=None):
+    """A human API token; the secret is returned here once and never stored."""
+    from django.core.exceptions import ValidationError
+    from django.utils import timezone
+
+    from audit.services import audit_record
+
+    from . import credentials
+    from .models import ApiToken
+
+    if not user.is_active:
+        raise ValidationError({"user": "The user is not active."})
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise ValidationError({"name": "Give the token a name of at most 100 characters."})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    new = credentials.new_secret(credentials.USER_PREFIX)
+    token = ApiToken.objects.create(user=user, name=name, lookup=new.lookup, digest=new.digest, expires_at=expires_at)
+    audit_record(
+        action="api_token.issue",
+        actor=by or user,
+        resource=f"api_token:{token.pk}",
+        payload={"user": user.get_username(), "name": name, "lookup": token.lookup, "expires_at": expires_at},
+    )
+    return token, new.secret
+
+
+@transaction.atomic
+def api_token_revoke(*, token, by):
+    from django.utils import timezone
+
+    from audit.services import audit_record
+
+    from .models import ApiToken
+
+    token = ApiToken.objects.select_for_update().get(pk=token.pk)
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        audit_record(action="api_token.revoke", actor=by, resource=f"api_token:{token.pk}", payload={"lookup": token.lookup})
+    return token

@@ -44,3 +44,68 @@ def client_for(personas):
         return client
 
     return login
+
+
+@pytest.fixture
+def api_for(personas):
+    """A DRF client authenticated with a real human API token of the persona."""
+    from rest_framework.test import APIClient
+
+    from governance.services import api_token_issue
+
+    def make(name: str) -> APIClient:
+        client = APIClient()
+        _, secret = api_token_issue(user=personas[name], name="tests")
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def team(db):
+    from agents.models import Team
+
+    return Team.objects.get_or_create(name="research", defaults={"display_name": "Research"})[0]
+
+
+@pytest.fixture
+def roles(db):
+    from governance.models import Role
+
+    made = {}
+    for name, scopes in {
+        "llm-user": ["llm.call"],
+        "researcher": ["llm.call", "tool.http", "data.read"],
+        "orchestrator": ["llm.call", "tool.http", "data.read", "agent.delegate"],
+    }.items():
+        made[name] = Role.objects.update_or_create(name=name, defaults={"scopes": scopes})[0]
+    return made
+
+
+@pytest.fixture
+def make_agent(personas, team, roles):
+    from agents import services
+
+    def make(name: str = "scout", *, role_names=("researcher",), **kwargs):
+        return services.agent_register(
+            name=name, owner=personas["admin"], team=team, by=personas["admin"], roles=role_names, **kwargs
+        )
+
+    return make
+
+
+@pytest.fixture
+def agent_client():
+    """A DRF client authenticated with a freshly issued key of the given agent."""
+    from rest_framework.test import APIClient
+
+    from agents import services
+
+    def make(agent, by=None):
+        _, secret = services.agent_key_issue(agent=agent, by=by or agent.owner)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        return client
+
+    return make

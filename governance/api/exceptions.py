@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from governance.context import get_correlation_id
+from governance.exceptions import Conflict
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,12 @@ def problem(status_code: int, title: str, detail: str, *, errors=None, request=N
 
 def problem_exception_handler(exc, context):
     request = context.get("request")
+    if isinstance(exc, Conflict):
+        return problem(409, "Conflict", exc.message, request=request, extra={"code": exc.code})
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -53,6 +61,9 @@ def problem_exception_handler(exc, context):
         errors = _flatten(exc.detail)
         if isinstance(errors, list):
             errors = {"non_field_errors": errors}
+        elif isinstance(errors, dict):
+            # Always {field: [messages]}, whatever shape the raiser used.
+            errors = {key: value if isinstance(value, (list, dict)) else [value] for key, value in errors.items()}
         fields = ", ".join(sorted(errors)) if isinstance(errors, dict) else ""
         return problem(
             status.HTTP_400_BAD_REQUEST,

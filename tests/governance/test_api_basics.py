@@ -3,10 +3,11 @@ import pytest
 
 def test_api_errors_are_problem_json(client, db):
     response = client.get("/api/v1/me/")
-    assert response.status_code == 403
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
     assert response["Content-Type"] == "application/problem+json"
     body = response.json()
-    assert body["status"] == 403
+    assert body["status"] == 401
     assert body["title"]
     assert body["correlation_id"] == response["X-Request-ID"]
 

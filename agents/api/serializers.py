@@ -1,0 +1,180 @@
+"""Explicit input and output shapes of the registry API."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from rest_framework import serializers
+
+from governance.scopes import SCOPES
+
+from ..models import Agent, AgentKey, Clearance, Delegation, Team
+from ..selectors import key_state
+
+CLEARANCE_NAMES = {label: value for value, label in Clearance.choices}
+
+
+class ClearanceField(serializers.ChoiceField):
+    def __init__(self, **kwargs):
+        super().__init__(choices=list(CLEARANCE_NAMES), **kwargs)
+
+    def to_internal_value(self, data):
+        return CLEARANCE_NAMES[super().to_internal_value(data)]
+
+    def to_representation(self, value):
+        return Clearance(value).label
+
+
+class UsernameField(serializers.SlugRelatedField):
+    def __init__(self, **kwargs):
+        super().__init__(slug_field=get_user_model().USERNAME_FIELD, queryset=get_user_model().objects.all(), **kwargs)
+
+
+class NameList(serializers.ListField):
+    def __init__(self, **kwargs):
+        super().__init__(child=serializers.CharField(max_length=100), max_length=200, **kwargs)
+
+
+class AgentCreateInput(serializers.Serializer):
+    name = serializers.SlugField(max_length=64)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    owner = UsernameField()
+    team = serializers.SlugRelatedField(slug_field="name", queryset=Team.objects.all())
+    roles = serializers.ListField(child=serializers.SlugField(max_length=64), required=False, default=list, max_length=50)
+    allowed_models = NameList(required=False, default=list)
+    allowed_tools = NameList(required=False, default=list)
+    clearance = ClearanceField(required=False, default=Clearance.INTERNAL)
+    activate = serializers.BooleanField(required=False, default=True)
+
+
+class AgentUpdateInput(serializers.Serializer):
+    description = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    owner = UsernameField(required=False)
+    team = serializers.SlugRelatedField(slug_field="name", queryset=Team.objects.all(), required=False)
+    allowed_models = NameList(required=False)
+    allowed_tools = NameList(required=False)
+    clearance = ClearanceField(required=False)
+
+
+class AgentOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    owner = serializers.CharField(source="owner.username")
+    team = serializers.CharField(source="team.name")
+    status = serializers.CharField()
+    status_reason = serializers.CharField()
+    status_changed_at = serializers.DateTimeField()
+    roles = serializers.SerializerMethodField()
+    allowed_models = serializers.ListField(child=serializers.CharField())
+    allowed_tools = serializers.ListField(child=serializers.CharField())
+    clearance = ClearanceField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    last_seen_at = serializers.DateTimeField()
+
+    def get_roles(self, agent) -> list[str]:
+        grants = getattr(agent, "live_grants", None)
+        if grants is None:
+            grants = agent.role_grants.filter(revoked_at__isnull=True).select_related("role")
+        return sorted(grant.role.name for grant in grants)
+
+
+class ReasonInput(serializers.Serializer):
+    reason = serializers.CharField(max_length=500, allow_blank=True, required=False, default="")
+
+
+def _future(value: dt.datetime | None) -> dt.datetime | None:
+    if value is not None and value <= timezone.now():
+        raise serializers.ValidationError("The expiry must be in the future.")
+    return value
+
+
+class KeyIssueInput(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    expires_in_days = serializers.IntegerField(required=False, min_value=1, max_value=3650)
+
+    def validate(self, data):
+        if data.get("expires_in_days") and data.get("expires_at"):
+            raise serializers.ValidationError("Give expires_at or expires_in_days, not both.")
+        if data.get("expires_in_days"):
+            data["expires_at"] = timezone.now() + dt.timedelta(days=data.pop("expires_in_days"))
+        data["expires_at"] = _future(data.get("expires_at"))
+        return data
+
+
+class KeyRotateInput(serializers.Serializer):
+    grace_seconds = serializers.IntegerField(required=False, default=0, min_value=0, max_value=7 * 24 * 3600)
+
+
+class KeyOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    prefix = serializers.CharField(source="display_prefix")
+    state = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    revoked_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField()
+
+    def get_state(self, key: AgentKey) -> str:
+        return key_state(key)
+
+
+class KeyIssuedOutput(KeyOutput):
+    secret = serializers.CharField(help_text="Shown once; store it now. Warden keeps only a hash.")
+
+
+class DelegationInput(serializers.Serializer):
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(SCOPES)), min_length=1, max_length=len(SCOPES)
+    )
+    expires_at = serializers.DateTimeField(required=False)
+    expires_in_hours = serializers.IntegerField(required=False, min_value=1, max_value=90 * 24)
+    max_depth = serializers.IntegerField(required=False, min_value=1, max_value=10)
+    purpose = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+    def validate(self, data):
+        if ("expires_at" in data) == ("expires_in_hours" in data):
+            raise serializers.ValidationError("Give exactly one of expires_at or expires_in_hours.")
+        if "expires_in_hours" in data:
+            data["expires_at"] = timezone.now() + dt.timedelta(hours=data.pop("expires_in_hours"))
+        data["expires_at"] = _future(data["expires_at"])
+        return data
+
+
+class AgentDelegationInput(DelegationInput):
+    delegate = serializers.UUIDField()
+    parent = serializers.UUIDField(required=False)
+
+
+class DelegationOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    parent = serializers.UUIDField(source="parent_id")
+    delegator = serializers.SerializerMethodField()
+    delegate = serializers.CharField(source="delegate.name")
+    delegate_id = serializers.UUIDField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    depth = serializers.IntegerField()
+    max_depth = serializers.IntegerField()
+    purpose = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    revoked_at = serializers.DateTimeField()
+
+    def get_delegator(self, delegation: Delegation) -> dict:
+        if delegation.delegator_user_id:
+            return {"type": "user", "name": delegation.delegator_user.get_username()}
+        return {"type": "agent", "name": delegation.delegator_agent.name, "id": str(delegation.delegator_agent_id)}
+
+
+class AgentSelfOutput(serializers.Serializer):
+    id = serializers.UUIDField(source="agent.id")
+    name = serializers.CharField(source="agent.name")
+    status = serializers.CharField(source="agent.status")
+    team = serializers.CharField(source="agent.team.name")
+    key_id = serializers.UUIDField(source="key.id")
+    key_expires_at = serializers.DateTimeField(source="key.expires_at")

@@ -1,0 +1,193 @@
+"""Registry API: thin views; explicit serializers in, services do the work."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from governance.api.pagination import Pagination
+from governance.api.permissions import HasCapability, IsAgent
+
+from .. import selectors, services
+from ..filters import AgentFilter
+from . import serializers as s
+
+
+class CapabilityView(APIView):
+    permission_classes = [IsAuthenticated, HasCapability]
+    capabilities: dict[str, str] = {}
+
+
+def _valid(serializer_class, data, **kwargs) -> dict:
+    serializer = serializer_class(data=data, **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class AgentListView(CapabilityView):
+    capabilities = {"GET": "agent.view", "POST": "agent.manage"}
+
+    @extend_schema(
+        parameters=[OpenApiParameter(name, str, required=False) for name in ("q", "status", "team", "owner", "role")],
+        responses=s.AgentOutput(many=True),
+    )
+    def get(self, request):
+        filters = AgentFilter(request.query_params)
+        if not filters.is_valid():
+            raise ValidationError(filters.errors)
+        queryset = filters.filter(selectors.agent_list(user=request.user)).order_by("name")
+        paginator = Pagination()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(s.AgentOutput(page, many=True).data)
+
+    @extend_schema(request=s.AgentCreateInput, responses={201: s.AgentOutput})
+    def post(self, request):
+        data = _valid(s.AgentCreateInput, request.data)
+        agent = services.agent_register(by=request.user, **data)
+        agent = selectors.agent_get(user=request.user, agent_id=agent.pk)
+        return Response(s.AgentOutput(agent).data, status=status.HTTP_201_CREATED)
+
+
+class AgentDetailView(CapabilityView):
+    capabilities = {"GET": "agent.view", "PATCH": "agent.manage"}
+
+    @extend_schema(responses=s.AgentOutput)
+    def get(self, request, agent_id):
+        return Response(s.AgentOutput(selectors.agent_get(user=request.user, agent_id=agent_id)).data)
+
+    @extend_schema(request=s.AgentUpdateInput, responses=s.AgentOutput)
+    def patch(self, request, agent_id):
+        agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+        unknown = set(request.data) - set(s.AgentUpdateInput().fields) if isinstance(request.data, dict) else set()
+        if unknown:
+            hint = " Use the suspend/resume/retire endpoints to change status." if "status" in unknown else ""
+            raise ValidationError({name: f"This field cannot be changed here.{hint}" for name in sorted(unknown)})
+        data = _valid(s.AgentUpdateInput, request.data)
+        services.agent_update(agent=agent, by=request.user, **data)
+        return Response(s.AgentOutput(selectors.agent_get(user=request.user, agent_id=agent_id)).data)
+
+
+class _LifecycleView(CapabilityView):
+    action_service = None
+    needs_reason = True
+
+    @extend_schema(request=s.ReasonInput, responses=s.AgentOutput)
+    def post(self, request, agent_id):
+        agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+        data = _valid(s.ReasonInput, request.data or {})
+        kwargs = {"reason": data["reason"]} if self.needs_reason else {}
+        type(self).action_service(agent=agent, by=request.user, **kwargs)
+        return Response(s.AgentOutput(selectors.agent_get(user=request.user, agent_id=agent_id)).data)
+
+
+class AgentSuspendView(_LifecycleView):
+    """The kill switch: takes effect on the agent's next gate call."""
+
+    capabilities = {"POST": "agent.suspend"}
+    action_service = services.agent_suspend
+
+
+class AgentResumeView(_LifecycleView):
+    capabilities = {"POST": "agent.manage"}
+    action_service = services.agent_resume
+
+
+class AgentRetireView(_LifecycleView):
+    capabilities = {"POST": "agent.manage"}
+    action_service = services.agent_retire
+
+
+class AgentActivateView(_LifecycleView):
+    capabilities = {"POST": "agent.manage"}
+    action_service = services.agent_activate
+    needs_reason = False
+
+
+class AgentKeyListView(CapabilityView):
+    capabilities = {"GET": "agent.view", "POST": "agent.manage"}
+
+    @extend_schema(responses=s.KeyOutput(many=True))
+    def get(self, request, agent_id):
+        agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+        return Response(s.KeyOutput(selectors.agent_keys(agent=agent), many=True).data)
+
+    @extend_schema(request=s.KeyIssueInput, responses={201: s.KeyIssuedOutput})
+    def post(self, request, agent_id):
+        agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+        data = _valid(s.KeyIssueInput, request.data or {})
+        key, secret = services.agent_key_issue(agent=agent, by=request.user, **data)
+        key.secret = secret
+        return Response(s.KeyIssuedOutput(key).data, status=status.HTTP_201_CREATED)
+
+
+class AgentKeyDetailView(CapabilityView):
+    capabilities = {"GET": "agent.view", "DELETE": "agent.manage"}
+
+    @extend_schema(responses=s.KeyOutput)
+    def get(self, request, agent_id, key_id):
+        agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+        return Response(s.KeyOutput(selectors.agent_key_get(agent=agent, key_id=key_id)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, agent_id, key_id):
+        agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+        key = selectors.agent_key_get(agent=agent, key_id=key_id)
+        services.agent_key_revoke(key=key, by=request.user, reason=request.query_params.get("reason", "")[:200])
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AgentKeyRotateView(CapabilityView):
+    capabilities = {"POST": "agent.manage"}
+
+    @extend_schema(request=s.KeyRotateInput, responses={201: s.KeyIssuedOutput})
+    def post(self, request, agent_id, key_id):
+        agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+        key = selectors.agent_key_get(agent=agent, key_id=key_id)
+        data = _valid(s.KeyRotateInput, request.data or {})
+        new_key, secret = services.agent_key_rotate(key=key, by=request.user, **data)
+        new_key.secret = secret
+        return Response(s.KeyIssuedOutput(new_key).data, status=status.HTTP_201_CREATED)
+
+
+class AgentDelegationListView(CapabilityView):
+    """Delegations an agent received; admins lend scopes to it from here."""
+
+    capabilities = {"GET": "agent.view", "POST": "agent.manage"}
+
+    @extend_schema(responses=s.DelegationOutput(many=True))
+    def get(self, request, agent_id):
+        agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+        delegations = selectors.agent_delegations(agent=agent)
+        return Response(s.DelegationOutput(delegations["received"], many=True).data)
+
+    @extend_schema(request=s.DelegationInput, responses={201: s.DelegationOutput})
+    def post(self, request, agent_id):
+        agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+        data = _valid(s.DelegationInput, request.data)
+        delegation = services.delegation_create(delegate=agent, by_user=request.user, **data)
+        return Response(s.DelegationOutput(delegation).data, status=status.HTTP_201_CREATED)
+
+
+class DelegationRevokeView(CapabilityView):
+    capabilities = {"POST": "agent.manage"}
+
+    @extend_schema(request=s.ReasonInput, responses=s.DelegationOutput)
+    def post(self, request, delegation_id):
+        delegation = selectors.delegation_get(user=request.user, delegation_id=delegation_id)
+        data = _valid(s.ReasonInput, request.data or {})
+        delegation = services.delegation_revoke(delegation=delegation, by=request.user, reason=data["reason"])
+        return Response(s.DelegationOutput(delegation).data)
+
+
+class AgentSelfView(APIView):
+    """Who this agent key belongs to: lets an agent check its wiring."""
+
+    permission_classes = [IsAgent]
+
+    @extend_schema(responses=s.AgentSelfOutput)
+    def get(self, request):
+        return Response(s.AgentSelfOutput(request.user).data)

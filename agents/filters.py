@@ -1,0 +1,33 @@
+"""One filter for the agent list page and `GET /api/v1/agents/`, so they cannot drift."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.db.models import Q
+
+from .models import AgentStatus
+
+
+class AgentFilter(forms.Form):
+    q = forms.CharField(required=False, max_length=100, label="Search")
+    status = forms.ChoiceField(required=False, choices=[("", "any status"), *AgentStatus.choices])
+    team = forms.SlugField(required=False, max_length=64)
+    owner = forms.CharField(required=False, max_length=150)
+    role = forms.SlugField(required=False, max_length=64)
+
+    def filter(self, queryset):
+        data = self.cleaned_data
+        if data.get("q"):
+            queryset = queryset.filter(Q(name__icontains=data["q"]) | Q(description__icontains=data["q"]))
+        if data.get("status"):
+            queryset = queryset.filter(status=data["status"])
+        if data.get("team"):
+            queryset = queryset.filter(team__name=data["team"])
+        if data.get("owner"):
+            queryset = queryset.filter(**{f"owner__{get_user_model().USERNAME_FIELD}": data["owner"]})
+        if data.get("role"):
+            queryset = queryset.filter(
+                role_grants__role__name=data["role"], role_grants__revoked_at__isnull=True
+            ).distinct()
+        return queryset

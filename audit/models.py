@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from django.db import models
+
+GENESIS = "0" * 64
+
+
+class ChainHead(models.Model):
+    """The newest link of one hash chain ("agent:<uuid>" or "global").
+
+    Appending locks only this row, so agents do not serialise each other.
+    """
+
+    chain = models.CharField(max_length=64, primary_key=True)
+    seq = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+
+
+class AuditEvent(models.Model):
+    """An append-only record. Names are kept as text; nothing cascades here."""
+
+    chain = models.CharField(max_length=64)
+    seq = models.BigIntegerField()
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+    occurred_at = models.DateTimeField()
+    actor_type = models.CharField(max_length=16)  # agent | user | system
+    actor_id = models.CharField(max_length=64, blank=True)
+    actor_name = models.CharField(max_length=150, blank=True)
+    agent_id = models.UUIDField(null=True, blank=True)
+    agent_name = models.CharField(max_length=64, blank=True)
+    team = models.CharField(max_length=64, blank=True)
+    delegation_chain = models.JSONField(default=list, blank=True)
+    action = models.CharField(max_length=64)
+    resource = models.CharField(max_length=255, blank=True)
+    outcome = models.CharField(max_length=32, blank=True)
+    reasons = models.JSONField(default=list, blank=True)
+    policy_ids = models.JSONField(default=list, blank=True)
+    policy_version = models.IntegerField(null=True, blank=True)
+    cost_micros = models.BigIntegerField(null=True, blank=True)
+    data_classification = models.CharField(max_length=32, blank=True)
+    correlation_id = models.CharField(max_length=128, blank=True)
+    trace_id = models.CharField(max_length=32, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["chain", "seq"], name="audit_chain_seq_unique")]
+        indexes = [
+            models.Index(fields=["-occurred_at", "-id"], name="audit_time_idx"),
+            models.Index(fields=["agent_id", "-occurred_at"], name="audit_agent_time_idx"),
+            models.Index(fields=["correlation_id"], name="audit_correlation_idx"),
+            models.Index(fields=["action", "-occurred_at"], name="audit_action_time_idx"),
+        ]

@@ -1,0 +1,154 @@
+"""`audit_record(...)`: the one way anything is written to the audit log.
+
+Call it inside the transaction of the change it records: the event commits or
+rolls back with that change. Each event extends a hash chain (one per agent,
+one "global" for everything else): its hash covers its content and the hash
+before it, so a changed, removed or reordered event breaks the chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from governance.context import current_correlation_id
+from governance.telemetry import current_trace_id
+
+from .models import GENESIS, AuditEvent
+
+SECRET_WORDS = ("secret", "password", "token", "authorization", "api_key", "apikey", "private_key")
+
+
+@dataclass(frozen=True)
+class Actor:
+    type: str  # agent | user | system
+    id: str = ""
+    name: str = ""
+
+    @classmethod
+    def of(cls, who) -> "Actor":
+        """An Actor for a user, an agent, or None (the system)."""
+        if who is None:
+            return SYSTEM
+        if isinstance(who, Actor):
+            return who
+        agent = getattr(who, "agent", None)  # an authenticated agent principal
+        if agent is not None:
+            who = agent
+        if who.__class__.__name__ == "Agent":
+            return cls("agent", str(who.pk), who.name)
+        return cls("user", str(who.pk), who.get_username())
+
+
+SYSTEM = Actor("system", "", "system")
+
+
+def redact(value):
+    """A copy of a payload with anything that looks like a secret replaced."""
+    if isinstance(value, dict):
+        return {
+            key: "[redacted]" if any(word in str(key).lower() for word in SECRET_WORDS) else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact(item) for item in value]
+    if isinstance(value, str) and (value.startswith("wdn_agent_") or value.startswith("wdn_user_")):
+        return "[redacted]"
+    return value
+
+
+HASHED_FIELDS = (
+    "chain", "seq", "prev_hash", "occurred_at", "actor_type", "actor_id", "actor_name", "agent_id",
+    "agent_name", "team", "delegation_chain", "action", "resource", "outcome", "reasons", "policy_ids",
+    "policy_version", "cost_micros", "data_classification", "correlation_id", "trace_id", "payload",
+)
+
+
+def canonical(fields: dict) -> bytes:
+    """The exact bytes an event's hash covers (the verifier uses this too)."""
+    body = {}
+    for name in HASHED_FIELDS:
+        value = fields[name]
+        if name == "occurred_at":
+            value = value.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
+        elif name == "agent_id" and value is not None:
+            value = str(value)
+        body[name] = value
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def event_hash(fields: dict) -> str:
+    return hashlib.sha256(canonical(fields)).hexdigest()
+
+
+def _claim_link(chain: str) -> tuple[int, str]:
+    """Lock the chain's head row and take the next sequence number."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO audit_chainhead (chain, seq, hash) VALUES (%s, 1, %s)
+            ON CONFLICT (chain) DO UPDATE SET seq = audit_chainhead.seq + 1
+            RETURNING seq, hash
+            """,
+            [chain, GENESIS],
+        )
+        seq, prev_hash = cursor.fetchone()
+    return seq, prev_hash
+
+
+@transaction.atomic
+def audit_record(
+    *,
+    action: str,
+    actor=None,
+    agent=None,
+    resource: str = "",
+    outcome: str = "ok",
+    reasons=(),
+    delegation_chain=(),
+    policy_ids=(),
+    policy_version: int | None = None,
+    cost_micros: int | None = None,
+    data_classification: str = "",
+    payload: dict | None = None,
+) -> AuditEvent:
+    who = Actor.of(actor)
+    chain = f"agent:{agent.pk}" if agent is not None else "global"
+    seq, prev_hash = _claim_link(chain)
+    fields = {
+        "chain": chain,
+        "seq": seq,
+        "prev_hash": prev_hash,
+        "occurred_at": timezone.now(),
+        "actor_type": who.type,
+        "actor_id": who.id,
+        "actor_name": who.name,
+        "agent_id": agent.pk if agent is not None else None,
+        "agent_name": agent.name if agent is not None else "",
+        "team": agent.team.name if agent is not None else "",
+        "delegation_chain": list(delegation_chain),
+        "action": action,
+        "resource": resource,
+        "outcome": outcome,
+        "reasons": [str(reason) for reason in reasons],
+        "policy_ids": list(policy_ids),
+        "policy_version": policy_version,
+        "cost_micros": cost_micros,
+        "data_classification": data_classification,
+        "correlation_id": current_correlation_id(),
+        "trace_id": current_trace_id() or "",
+        "payload": redact(payload or {}),
+    }
+    # JSON round trip so the hash covers exactly what PostgreSQL will give back.
+    for name in ("delegation_chain", "payload", "reasons", "policy_ids"):
+        fields[name] = json.loads(json.dumps(fields[name], default=str))
+    fields["hash"] = event_hash(fields)
+    event = AuditEvent.objects.create(**fields)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE audit_chainhead SET hash = %s WHERE chain = %s", [fields["hash"], chain])
+    return event
