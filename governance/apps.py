@@ -7,5 +7,6 @@ class GovernanceConfig(AppConfig):
 
     def ready(self) -> None:
         from . import telemetry
+        from .api import schema  # noqa: F401  (registers the bearer scheme)
 
         telemetry.configure()

@@ -41,3 +41,43 @@ def policy_list(request):
 @require("approval.view")
 def approval_list(request):
     return render(request, "governance/approval_list.html")
+
+
+@login_required
+def api_tokens(request):
+    """A person's own API tokens: issue (shown once) and revoke."""
+    import datetime as dt
+
+    from django.contrib import messages
+    from django.core.exceptions import ValidationError
+    from django.shortcuts import get_object_or_404, redirect
+    from django.utils import timezone
+
+    from .forms import ApiTokenForm, apply_errors
+    from .models import ApiToken
+    from .services import api_token_issue, api_token_revoke
+
+    form = ApiTokenForm(request.POST or None)
+    new_secret = None
+    if request.method == "POST" and "revoke" in request.POST:
+        token = get_object_or_404(ApiToken, pk=request.POST["revoke"], user=request.user)
+        api_token_revoke(token=token, by=request.user)
+        messages.success(request, f"Token {token.name} revoked.")
+        return redirect("api-tokens")
+    if request.method == "POST" and form.is_valid():
+        days = form.cleaned_data["expires_in_days"]
+        try:
+            _, new_secret = api_token_issue(
+                user=request.user, name=form.cleaned_data["name"],
+                expires_at=timezone.now() + dt.timedelta(days=days) if days else None,
+            )
+        except ValidationError as error:
+            apply_errors(form, error)
+        else:
+            form = ApiTokenForm()
+    response = render(request, "governance/api_tokens.html", {
+        "form": form, "tokens": ApiToken.objects.filter(user=request.user), "new_secret": new_secret,
+    }, status=400 if form.errors else 200)
+    if new_secret:
+        response["Cache-Control"] = "no-store"
+    return response

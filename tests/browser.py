@@ -27,6 +27,11 @@ def chromium():
                 yield browser
             finally:
                 browser.close()
+                # ORM calls made inside Playwright's greenlet got their own
+                # connection; close it so the test database can be dropped.
+                from django.db import connections
+
+                connections.close_all()
     finally:
         if previous is None:
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)

@@ -10,6 +10,16 @@ from django.test import Client
 PASSWORD = "correct horse battery staple"
 
 
+@pytest.fixture(autouse=True)
+def fresh_correlation_id():
+    """Work done by fixtures outside a request must not leak an id into the next test."""
+    from governance.context import _correlation_id
+
+    token = _correlation_id.set(None)
+    yield
+    _correlation_id.reset(token)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def fast_password_hasher():
     """PBKDF2 costs ~300 ms a user by design; tests need logins, not that cost."""

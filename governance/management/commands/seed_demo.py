@@ -3,6 +3,7 @@ import secrets
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from agents.demo import FLEET, demo_fleet_ensure
 from governance.services import DEMO_USERS, demo_users_ensure
 
 
@@ -20,3 +21,5 @@ class Command(BaseCommand):
             self.stdout.write(f"  {username:<9} group {group:<9} password {password}")
         if generated:
             self.stdout.write("  (password generated; set WARDEN_DEMO_PASSWORD to choose it)")
+        fleet = demo_fleet_ensure(owner_username="admin")
+        self.stdout.write(f"Demo fleet: {len(FLEET)} agents ({len(fleet)} new).")
