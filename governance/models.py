@@ -63,3 +63,130 @@ class ApiToken(models.Model):
     @property
     def display_prefix(self) -> str:
         return f"wdn_user_{self.lookup}_…"
+
+
+class Policy(models.Model):
+    """A named Cedar policy. Its text lives in immutable versions."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_policies")
+    enabled = models.BooleanField(default=True)
+    current = models.ForeignKey("PolicyVersion", on_delete=models.PROTECT, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PolicyVersion(models.Model):
+    """One immutable edit of a policy: who, when, why."""
+
+    policy = models.ForeignKey(Policy, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    body = models.TextField()
+    description = models.TextField(blank=True)
+    reason = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
+    restored_from = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [models.UniqueConstraint(fields=["policy", "number"], name="policy_version_unique")]
+
+
+class PolicySetVersion(models.Model):
+    """The active policy set after each publish; every decision records its number."""
+
+    number = models.PositiveIntegerField(primary_key=True)
+    members = models.JSONField(default=list)  # [[policy name, version number], ...] of enabled policies
+    reason = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
+
+    class Meta:
+        ordering = ["-number"]
+
+
+class ActionOutcome(models.TextChoices):
+    ALLOWED = "allowed", "allowed"
+    DENIED = "denied", "denied"
+    PENDING_APPROVAL = "pending_approval", "pending approval"
+
+
+class ActionStatus(models.TextChoices):
+    DECIDED = "decided", "decided"  # allowed and not yet completed, or denied, or pending
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    EXPIRED = "expired", "expired"
+
+
+class Action(models.Model):
+    """One request of an agent to act, the gate's judgement, and its completion."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, related_name="actions")
+    key = models.ForeignKey("agents.AgentKey", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    delegation = models.ForeignKey("agents.Delegation", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    action = models.CharField(max_length=32)
+    resource = models.CharField(max_length=255)
+    context = models.JSONField(default=dict)  # as the caller gave it
+    cedar_context = models.JSONField(default=dict)  # as the policies saw it
+    cedar_entities = models.JSONField(default=list)  # principal and resource, for simulation
+    idempotency_key = models.CharField(max_length=128, null=True, blank=True)
+    request_digest = models.CharField(max_length=64)
+    outcome = models.CharField(max_length=20, choices=ActionOutcome.choices)
+    reasons = models.JSONField(default=list)
+    policy_ids = models.JSONField(default=list)
+    observed = models.JSONField(null=True, blank=True)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    delegation_chain = models.JSONField(default=list)
+    estimated_cost_micros = models.BigIntegerField(default=0)
+    reserved_micros = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=ActionStatus.choices, default=ActionStatus.DECIDED)
+    usage = models.JSONField(null=True, blank=True)
+    actual_cost_micros = models.BigIntegerField(null=True, blank=True)
+    correlation_id = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="action_idempotency_unique",
+            )
+        ]
+        indexes = [models.Index(fields=["agent", "-created_at"]), models.Index(fields=["-created_at"])]
+
+
+class ApprovalStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    APPROVED = "approved", "approved"
+    DENIED = "denied", "denied"
+    EXPIRED = "expired", "expired"
+
+
+class Approval(models.Model):
+    """An escalated action waiting for a human of `group` (decided in the approval queue)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    action = models.OneToOneField(Action, on_delete=models.PROTECT, related_name="approval")
+    group = models.CharField(max_length=32)
+    status = models.CharField(max_length=16, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING)
+    reasons = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
+    note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "group"])]

@@ -1,12 +1,23 @@
-"""Writes of the governance domain (human side)."""
+"""Writes of the governance domain: demo users, API tokens, roles, grants, policies."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
+from audit.services import audit_record
+
+from . import credentials
 from .access import GROUPS
+from .exceptions import Conflict
+from .models import ApiToken, Policy, PolicySetVersion, PolicyVersion, Role, RoleGrant
+from .policy_engine import check_policy
+from .scopes import unknown_scopes
 
 DEMO_USERS = {
     "admin": "admin",
@@ -40,17 +51,12 @@ def demo_users_ensure(*, password: str) -> list[str]:
     return created
 
 
+# --- human API tokens ------------------------------------------------------------
+
+
 @transaction.atomic
-def api_token_issue(*, user, name: str, expires_at=None, by=None):
+def api_token_issue(*, user, name: str, expires_at: dt.datetime | None = None, by=None) -> tuple[ApiToken, str]:
     """A human API token; the secret is returned here once and never stored."""
-    from django.core.exceptions import ValidationError
-    from django.utils import timezone
-
-    from audit.services import audit_record
-
-    from . import credentials
-    from .models import ApiToken
-
     if not user.is_active:
         raise ValidationError({"user": "The user is not active."})
     name = (name or "").strip()
@@ -70,16 +76,218 @@ def api_token_issue(*, user, name: str, expires_at=None, by=None):
 
 
 @transaction.atomic
-def api_token_revoke(*, token, by):
-    from django.utils import timezone
-
-    from audit.services import audit_record
-
-    from .models import ApiToken
-
+def api_token_revoke(*, token: ApiToken, by) -> ApiToken:
     token = ApiToken.objects.select_for_update().get(pk=token.pk)
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
         audit_record(action="api_token.revoke", actor=by, resource=f"api_token:{token.pk}", payload={"lookup": token.lookup})
     return token
+
+
+# --- roles and grants -------------------------------------------------------------------
+
+
+def _clean_scopes(scopes) -> list[str]:
+    scopes = sorted(set(scopes or []))
+    unknown = unknown_scopes(scopes)
+    if unknown:
+        raise ValidationError({"scopes": f"Unknown scope(s): {', '.join(unknown)}."})
+    return scopes
+
+
+@transaction.atomic
+def role_create(*, name: str, scopes, description: str = "", by) -> Role:
+    scopes = _clean_scopes(scopes)
+    try:
+        with transaction.atomic():
+            role = Role.objects.create(name=name, scopes=scopes, description=description)
+    except IntegrityError:
+        raise ValidationError({"name": f"A role named {name!r} already exists."}) from None
+    audit_record(action="role.create", actor=by, resource=f"role:{name}", payload={"scopes": scopes})
+    return role
+
+
+@transaction.atomic
+def role_update(*, role: Role, by, scopes=None, description: str | None = None) -> Role:
+    role = Role.objects.select_for_update().get(pk=role.pk)
+    changes = {}
+    if scopes is not None:
+        scopes = _clean_scopes(scopes)
+        if scopes != role.scopes:
+            changes["scopes"] = {"from": role.scopes, "to": scopes}
+            role.scopes = scopes
+    if description is not None and description != role.description:
+        changes["description"] = {"from": role.description, "to": description}
+        role.description = description
+    if changes:
+        role.save()
+        audit_record(action="role.update", actor=by, resource=f"role:{role.name}", payload=changes)
+    return role
+
+
+@transaction.atomic
+def role_grant(*, agent, role: Role, by, expires_at: dt.datetime | None = None) -> RoleGrant:
+    from agents.models import Agent, AgentStatus
+
+    agent = Agent.objects.select_for_update().select_related("team").get(pk=agent.pk)
+    if agent.status == AgentStatus.RETIRED:
+        raise Conflict("A retired agent cannot be granted roles.", code="agent_retired")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    live = RoleGrant.objects.filter(agent=agent, role=role, revoked_at__isnull=True).first()
+    if live is not None:
+        if live.expires_at is None or live.expires_at > timezone.now():
+            raise ValidationError({"role": f"{agent.name} already holds {role.name}."})
+        live.revoked_at = timezone.now()  # an expired grant makes way for the new one
+        live.revoked_by = by
+        live.save(update_fields=["revoked_at", "revoked_by"])
+    grant = RoleGrant.objects.create(agent=agent, role=role, granted_by=by, expires_at=expires_at)
+    audit_record(
+        action="role.grant", actor=by, agent=agent, resource=f"role:{role.name}",
+        payload={"role": role.name, "scopes": role.scopes, "expires_at": expires_at},
+    )
+    return grant
+
+
+@transaction.atomic
+def role_revoke(*, grant: RoleGrant, by) -> RoleGrant:
+    grant = RoleGrant.objects.select_for_update().select_related("agent__team", "role").get(pk=grant.pk)
+    if grant.revoked_at is None:
+        grant.revoked_at = timezone.now()
+        grant.revoked_by = by
+        grant.save(update_fields=["revoked_at", "revoked_by"])
+        audit_record(action="role.revoke", actor=by, agent=grant.agent, resource=f"role:{grant.role.name}",
+                     payload={"role": grant.role.name})
+    return grant
+
+
+# --- policies -----------------------------------------------------------------------------
+
+
+RESERVED_POLICY_NAMES = {"validate", "simulate", "sets"}
+
+
+def policy_problems(body: str) -> list[str]:
+    """Cedar's complaints about a policy text, each pointing at its line where possible."""
+    _, problems = check_policy(body)
+    return [str(problem) for problem in problems]
+
+
+def _require_valid(body: str) -> None:
+    problems = policy_problems(body)
+    if problems:
+        raise ValidationError({"body": problems})
+
+
+def _require_reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why: every policy change records its reason."})
+    if len(reason) > 500:
+        raise ValidationError({"reason": "At most 500 characters."})
+    return reason
+
+
+def _publish(*, by, reason: str) -> PolicySetVersion:
+    """Snapshot the enabled policies' current versions as the next policy-set version.
+
+    The advisory lock serialises publishers so version numbers never collide.
+    """
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('warden.policy_publish'))")
+    last = PolicySetVersion.objects.order_by("-number").values_list("number", flat=True).first() or 0
+    members = [
+        [name, number]
+        for name, number in Policy.objects.filter(enabled=True, current__isnull=False)
+        .order_by("name")
+        .values_list("name", "current__number")
+    ]
+    version = PolicySetVersion.objects.create(number=last + 1, members=members, reason=reason, created_by=by)
+    audit_record(
+        action="policy_set.publish", actor=by, resource=f"policy_set:{version.number}",
+        policy_version=version.number, reasons=[reason], payload={"policies": len(members)},
+    )
+    return version
+
+
+def _new_version(*, policy: Policy, body: str, description: str, reason: str, by, restored_from=None) -> PolicyVersion:
+    last = policy.versions.order_by("-number").values_list("number", flat=True).first() or 0
+    version = PolicyVersion.objects.create(
+        policy=policy, number=last + 1, body=body, description=description, reason=reason, created_by=by,
+        restored_from=restored_from,
+    )
+    policy.current = version
+    policy.description = description
+    policy.save(update_fields=["current", "description"])
+    return version
+
+
+@transaction.atomic
+def policy_create(*, name: str, body: str, by, description: str = "", reason: str = "", enabled: bool = True,
+                  owner=None) -> Policy:
+    reason = _require_reason(reason or "created")
+    if name in RESERVED_POLICY_NAMES:
+        raise ValidationError({"name": f"{name!r} is reserved; choose another name."})
+    _require_valid(body)
+    try:
+        with transaction.atomic():
+            policy = Policy.objects.create(name=name, description=description, owner=owner or by, enabled=enabled,
+                                           created_by=by)
+    except IntegrityError:
+        raise ValidationError({"name": f"A policy named {name!r} already exists."}) from None
+    version = _new_version(policy=policy, body=body, description=description, reason=reason, by=by)
+    audit_record(action="policy.create", actor=by, resource=f"policy:{name}",
+                 payload={"version": version.number, "enabled": enabled, "body": body}, reasons=[reason])
+    _publish(by=by, reason=f"{name} v{version.number}: {reason}")
+    return policy
+
+
+@transaction.atomic
+def policy_update(*, policy: Policy, body: str, by, reason: str, description: str | None = None) -> PolicyVersion:
+    """Every edit is a new immutable version, published at once."""
+    reason = _require_reason(reason)
+    _require_valid(body)
+    policy = Policy.objects.select_for_update().select_related("current").get(pk=policy.pk)
+    description = policy.description if description is None else description
+    if policy.current and policy.current.body == body and policy.description == description:
+        raise ValidationError({"body": "Nothing changed."})
+    version = _new_version(policy=policy, body=body, description=description, reason=reason, by=by)
+    audit_record(action="policy.update", actor=by, resource=f"policy:{policy.name}",
+                 payload={"version": version.number, "body": body}, reasons=[reason])
+    _publish(by=by, reason=f"{policy.name} v{version.number}: {reason}")
+    return version
+
+
+@transaction.atomic
+def policy_restore(*, policy: Policy, number: int, by, reason: str = "") -> PolicyVersion:
+    """Make an old version current again, as a new version (history is never rewritten)."""
+    policy = Policy.objects.select_for_update().get(pk=policy.pk)
+    try:
+        old = policy.versions.get(number=number)
+    except PolicyVersion.DoesNotExist:
+        raise ValidationError({"version": f"{policy.name} has no version {number}."}) from None
+    reason = _require_reason(reason or f"restored version {number}")
+    _require_valid(old.body)  # the schema may have moved on since
+    version = _new_version(policy=policy, body=old.body, description=old.description, reason=reason, by=by,
+                           restored_from=number)
+    audit_record(action="policy.restore", actor=by, resource=f"policy:{policy.name}",
+                 payload={"version": version.number, "restored_from": number}, reasons=[reason])
+    _publish(by=by, reason=f"{policy.name} v{version.number}: {reason}")
+    return version
+
+
+@transaction.atomic
+def policy_set_enabled(*, policy: Policy, enabled: bool, by, reason: str) -> Policy:
+    reason = _require_reason(reason)
+    policy = Policy.objects.select_for_update().get(pk=policy.pk)
+    if policy.enabled == enabled:
+        return policy
+    policy.enabled = enabled
+    policy.save(update_fields=["enabled"])
+    audit_record(action="policy.enable" if enabled else "policy.disable", actor=by, resource=f"policy:{policy.name}",
+                 reasons=[reason])
+    _publish(by=by, reason=f"{policy.name} {'enabled' if enabled else 'disabled'}: {reason}")
+    return policy

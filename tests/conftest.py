@@ -119,3 +119,30 @@ def agent_client():
         return client
 
     return make
+
+
+@pytest.fixture
+def policy(personas):
+    """Publish a policy: policy("name", "permit(...);")."""
+    from governance.services import policy_create
+
+    def make(name: str, body: str, **kwargs):
+        return policy_create(name=name, body=body, by=personas["admin"], reason="test", **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def bot(make_agent, agent_client):
+    """An active agent with the researcher role, two allowed models and a key."""
+    agent = make_agent("bot", allowed_models=["gpt-4o-mini", "gpt-4o"], allowed_tools=["search"])
+    client = agent_client(agent)
+    client.agent = agent
+    return client
+
+
+def ask(client, action="llm.call", resource="gpt-4o-mini", context=None, **extra):
+    body = {"action": action, "resource": resource,
+            "context": context if context is not None else {"input_tokens": 100, "max_output_tokens": 50}}
+    body.update(extra)
+    return client.post("/api/v1/actions/", body, format="json")

@@ -6,5 +6,21 @@ from . import views
 
 urlpatterns = [
     path("me/", views.MeView.as_view(), name="api-me"),
+    path("actions/", views.ActionListView.as_view(), name="api-actions"),
+    path("actions/<uuid:action_id>/", views.ActionDetailView.as_view(), name="api-action"),
+    path("actions/<uuid:action_id>/complete/", views.ActionCompleteView.as_view(), name="api-action-complete"),
+    path("policies/", views.PolicyListView.as_view(), name="api-policies"),
+    path("policies/validate/", views.PolicyValidateView.as_view(), name="api-policy-validate"),
+    path("policies/simulate/", views.PolicySimulateView.as_view(), name="api-policy-simulate"),
+    path("policies/sets/", views.PolicySetListView.as_view(), name="api-policy-sets"),
+    path("policies/<slug:name>/", views.PolicyDetailView.as_view(), name="api-policy"),
+    path("policies/<slug:name>/versions/", views.PolicyVersionsView.as_view(), name="api-policy-versions"),
+    path("policies/<slug:name>/restore/", views.PolicyRestoreView.as_view(), name="api-policy-restore"),
+    path("policies/<slug:name>/enable/", views.PolicyToggleView.as_view(enabled=True), name="api-policy-enable"),
+    path("policies/<slug:name>/disable/", views.PolicyToggleView.as_view(enabled=False), name="api-policy-disable"),
+    path("roles/", views.RoleListView.as_view(), name="api-roles"),
+    path("roles/<slug:name>/", views.RoleDetailView.as_view(), name="api-role"),
+    path("agents/<uuid:agent_id>/roles/", views.AgentGrantListView.as_view(), name="api-agent-grants"),
+    path("agents/<uuid:agent_id>/roles/<int:grant_id>/", views.AgentGrantDetailView.as_view(), name="api-agent-grant"),
     path("", include("agents.api.urls")),
 ]

@@ -1,9 +1,36 @@
+"""Governance API: the gate for agents, policies and roles for people."""
+
+from __future__ import annotations
+
+from django.http import Http404
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
+from rest_framework import serializers, status
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from governance.access import capabilities_of, user_groups
+from agents import selectors as agent_selectors
+from agents.principal import AgentPrincipal
+from governance import gate, services, simulation
+from governance.access import can, capabilities_of, user_groups
+from governance.api.pagination import Pagination
+from governance.api.permissions import HasCapability, IsAgent
+from governance.context import correlation_scope, get_correlation_id
+from governance.models import Action, Policy, PolicySetVersion, RoleGrant, Role
+from governance.selectors import policy_list
+
+from . import serializers as s
+
+
+def valid(serializer_class, data) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class CapabilityView(APIView):
+    permission_classes = [IsAuthenticated, HasCapability]
+    capabilities: dict[str, str] = {}
 
 
 class MeOutput(serializers.Serializer):
@@ -24,3 +51,226 @@ class MeView(APIView):
             "capabilities": sorted(capabilities_of(user)),
         }
         return Response(MeOutput(data).data)
+
+
+# --- the gate over HTTP ----------------------------------------------------------------
+
+
+def _action_for(request, action_id) -> Action:
+    """The action if the caller may see it: its own agent's, or a person who may see agents."""
+    queryset = Action.objects.select_related("agent", "approval")
+    try:
+        if isinstance(request.user, AgentPrincipal):
+            return queryset.get(pk=action_id, agent_id=request.user.agent.pk)
+        if can(request.user, "agent.view"):
+            return queryset.get(pk=action_id)
+    except (Action.DoesNotExist, ValueError):
+        pass
+    raise Http404("No such action.")
+
+
+class ActionListView(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema(request=s.ActionRequestInput, responses={201: s.ActionOutput})
+    def post(self, request):
+        data = valid(s.ActionRequestInput, request.data)
+        principal: AgentPrincipal = request.user
+        with correlation_scope(data.get("correlation_id") or get_correlation_id()):
+            action = gate.request_action(
+                agent=principal.agent,
+                key=principal.key,
+                action=data["action"],
+                resource=data["resource"],
+                context=data["context"],
+                on_behalf_of=data.get("on_behalf_of"),
+                idempotency_key=data.get("idempotency_key"),
+            )
+        return Response(s.ActionOutput(action).data, status=status.HTTP_201_CREATED)
+
+
+class ActionDetailView(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses=s.ActionOutput)
+    def get(self, request, action_id):
+        return Response(s.ActionOutput(_action_for(request, action_id)).data)
+
+
+class ActionCompleteView(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema(request=s.CompleteInput, responses=s.ActionOutput)
+    def post(self, request, action_id):
+        action = _action_for(request, action_id)
+        data = valid(s.CompleteInput, request.data)
+        action = gate.complete_action(
+            action=action, status=data["status"], usage=data.get("usage"), cost_micros=data.get("cost"),
+        )
+        return Response(s.ActionOutput(action).data)
+
+
+# --- policies -------------------------------------------------------------------------
+
+
+def _policy(name) -> Policy:
+    try:
+        return policy_list().get(name=name)
+    except Policy.DoesNotExist:
+        raise Http404("No such policy.") from None
+
+
+class PolicyListView(CapabilityView):
+    capabilities = {"GET": "policy.view", "POST": "policy.manage"}
+
+    @extend_schema(responses=s.PolicyOutput(many=True))
+    def get(self, request):
+        paginator = Pagination()
+        page = paginator.paginate_queryset(policy_list(), request, view=self)
+        return paginator.get_paginated_response(s.PolicyOutput(page, many=True).data)
+
+    @extend_schema(request=s.PolicyInput, responses={201: s.PolicyOutput})
+    def post(self, request):
+        data = valid(s.PolicyInput, request.data)
+        policy = services.policy_create(by=request.user, **data)
+        return Response(s.PolicyOutput(_policy(policy.name)).data, status=status.HTTP_201_CREATED)
+
+
+class PolicyDetailView(CapabilityView):
+    capabilities = {"GET": "policy.view", "PATCH": "policy.manage"}
+
+    @extend_schema(responses=s.PolicyOutput)
+    def get(self, request, name):
+        return Response(s.PolicyOutput(_policy(name)).data)
+
+    @extend_schema(request=s.PolicyUpdateInput, responses=s.PolicyOutput)
+    def patch(self, request, name):
+        policy = _policy(name)
+        data = valid(s.PolicyUpdateInput, request.data)
+        services.policy_update(policy=policy, by=request.user, **data)
+        return Response(s.PolicyOutput(_policy(name)).data)
+
+
+class PolicyVersionsView(CapabilityView):
+    capabilities = {"GET": "policy.view"}
+
+    @extend_schema(responses=s.PolicyVersionOutput(many=True))
+    def get(self, request, name):
+        versions = _policy(name).versions.select_related("created_by").order_by("-number")
+        return Response(s.PolicyVersionOutput(versions, many=True).data)
+
+
+class PolicyRestoreView(CapabilityView):
+    capabilities = {"POST": "policy.manage"}
+
+    @extend_schema(request=s.RestoreInput, responses=s.PolicyOutput)
+    def post(self, request, name):
+        data = valid(s.RestoreInput, request.data)
+        services.policy_restore(policy=_policy(name), number=data["version"], by=request.user, reason=data["reason"])
+        return Response(s.PolicyOutput(_policy(name)).data)
+
+
+class PolicyToggleView(CapabilityView):
+    capabilities = {"POST": "policy.manage"}
+    enabled = True
+
+    @extend_schema(request=s.ReasonInput, responses=s.PolicyOutput)
+    def post(self, request, name):
+        data = valid(s.ReasonInput, request.data)
+        services.policy_set_enabled(policy=_policy(name), enabled=self.enabled, by=request.user, reason=data["reason"])
+        return Response(s.PolicyOutput(_policy(name)).data)
+
+
+class PolicyValidateView(CapabilityView):
+    capabilities = {"POST": "policy.view"}
+
+    @extend_schema(request=s.PolicyBodyInput)
+    def post(self, request):
+        data = valid(s.PolicyBodyInput, request.data)
+        problems = services.policy_problems(data["body"])
+        return Response({"valid": not problems, "errors": problems})
+
+
+class PolicySimulateView(CapabilityView):
+    capabilities = {"POST": "policy.view"}
+
+    @extend_schema(request=s.SimulateInput)
+    def post(self, request):
+        data = valid(s.SimulateInput, request.data)
+        return Response(simulation.simulate(changes=data["changes"], limit=data["limit"]))
+
+
+class PolicySetListView(CapabilityView):
+    capabilities = {"GET": "policy.view"}
+
+    @extend_schema(responses=s.PolicySetOutput(many=True))
+    def get(self, request):
+        paginator = Pagination()
+        page = paginator.paginate_queryset(PolicySetVersion.objects.order_by("-number"), request, view=self)
+        return paginator.get_paginated_response(s.PolicySetOutput(page, many=True).data)
+
+
+# --- roles and grants --------------------------------------------------------------------
+
+
+class RoleListView(CapabilityView):
+    capabilities = {"GET": "agent.view", "POST": "policy.manage"}
+
+    @extend_schema(responses=s.RoleOutput(many=True))
+    def get(self, request):
+        return Response(s.RoleOutput(Role.objects.all(), many=True).data)
+
+    @extend_schema(request=s.RoleInput, responses={201: s.RoleOutput})
+    def post(self, request):
+        data = valid(s.RoleInput, request.data)
+        return Response(s.RoleOutput(services.role_create(by=request.user, **data)).data, status=status.HTTP_201_CREATED)
+
+
+class RoleDetailView(CapabilityView):
+    capabilities = {"GET": "agent.view", "PATCH": "policy.manage"}
+
+    def _role(self, name) -> Role:
+        try:
+            return Role.objects.get(name=name)
+        except Role.DoesNotExist:
+            raise Http404("No such role.") from None
+
+    @extend_schema(responses=s.RoleOutput)
+    def get(self, request, name):
+        return Response(s.RoleOutput(self._role(name)).data)
+
+    @extend_schema(request=s.RoleUpdateInput, responses=s.RoleOutput)
+    def patch(self, request, name):
+        data = valid(s.RoleUpdateInput, request.data)
+        return Response(s.RoleOutput(services.role_update(role=self._role(name), by=request.user, **data)).data)
+
+
+class AgentGrantListView(CapabilityView):
+    capabilities = {"GET": "agent.view", "POST": "agent.manage"}
+
+    @extend_schema(responses=s.GrantOutput(many=True))
+    def get(self, request, agent_id):
+        agent = agent_selectors.agent_get(user=request.user, agent_id=agent_id)
+        grants = RoleGrant.objects.filter(agent=agent).select_related("role", "granted_by").order_by("-granted_at")
+        return Response(s.GrantOutput(grants, many=True).data)
+
+    @extend_schema(request=s.GrantInput, responses={201: s.GrantOutput})
+    def post(self, request, agent_id):
+        agent = agent_selectors.agent_get(user=request.user, agent_id=agent_id)
+        data = valid(s.GrantInput, request.data)
+        grant = services.role_grant(agent=agent, role=data["role"], expires_at=data["expires_at"], by=request.user)
+        return Response(s.GrantOutput(grant).data, status=status.HTTP_201_CREATED)
+
+
+class AgentGrantDetailView(CapabilityView):
+    capabilities = {"DELETE": "agent.manage"}
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, agent_id, grant_id):
+        agent = agent_selectors.agent_get(user=request.user, agent_id=agent_id)
+        try:
+            grant = RoleGrant.objects.get(pk=grant_id, agent=agent)
+        except RoleGrant.DoesNotExist:
+            raise Http404("No such grant.") from None
+        services.role_revoke(grant=grant, by=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)

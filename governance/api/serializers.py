@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from governance.models import Action, Policy, PolicySetVersion, PolicyVersion, Role
+from governance.scopes import SCOPES
+
+
+class ActionRequestInput(serializers.Serializer):
+    action = serializers.CharField(max_length=64)
+    resource = serializers.CharField(max_length=255, trim_whitespace=False)
+    context = serializers.DictField(required=False, default=dict)
+    idempotency_key = serializers.CharField(max_length=128, required=False, allow_blank=False)
+    correlation_id = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{7,127}$", required=False)
+    on_behalf_of = serializers.UUIDField(required=False)
+
+
+class ApprovalOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    group = serializers.CharField()
+    status = serializers.CharField()
+    reasons = serializers.ListField(child=serializers.CharField())
+    decided_at = serializers.DateTimeField()
+
+
+class ActionOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    agent = serializers.CharField(source="agent.name")
+    action = serializers.CharField()
+    resource = serializers.CharField()
+    outcome = serializers.CharField()
+    status = serializers.CharField()
+    reasons = serializers.ListField(child=serializers.CharField())
+    policies = serializers.ListField(child=serializers.CharField(), source="policy_ids")
+    policy_version = serializers.IntegerField()
+    observed = serializers.DictField(allow_null=True)
+    estimated_cost_micros = serializers.IntegerField()
+    reserved = serializers.IntegerField(source="reserved_micros")
+    actual_cost_micros = serializers.IntegerField(allow_null=True)
+    delegation_chain = serializers.ListField(child=serializers.DictField())
+    approval = serializers.SerializerMethodField()
+    correlation_id = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+
+    def get_approval(self, action: Action) -> dict | None:
+        approval = getattr(action, "approval", None) if action.outcome == "pending_approval" else None
+        return ApprovalOutput(approval).data if approval is not None else None
+
+
+class CompleteInput(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["succeeded", "failed"])
+    usage = serializers.DictField(required=False)
+    cost = serializers.JSONField(required=False, help_text="Actual cost in integer micro-dollars")
+
+
+class PolicyInput(serializers.Serializer):
+    name = serializers.SlugField(max_length=100)
+    body = serializers.CharField(max_length=20_000, trim_whitespace=False)
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    enabled = serializers.BooleanField(required=False, default=True)
+
+
+class PolicyUpdateInput(serializers.Serializer):
+    body = serializers.CharField(max_length=20_000, trim_whitespace=False)
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    reason = serializers.CharField(max_length=500)
+
+
+class PolicyBodyInput(serializers.Serializer):
+    body = serializers.CharField(max_length=20_000, trim_whitespace=False)
+
+
+class ReasonInput(serializers.Serializer):
+    reason = serializers.CharField(max_length=500)
+
+
+class RestoreInput(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+    reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+
+class DraftPolicy(serializers.Serializer):
+    name = serializers.SlugField(max_length=100)
+    body = serializers.CharField(max_length=20_000, required=False, trim_whitespace=False)
+    enabled = serializers.BooleanField(required=False, default=True)
+
+
+class SimulateInput(serializers.Serializer):
+    changes = DraftPolicy(many=True, help_text="Policies to add, change (body) or switch off (enabled=false)")
+    limit = serializers.IntegerField(min_value=1, max_value=5000, required=False, default=500)
+
+
+class PolicyVersionOutput(serializers.Serializer):
+    number = serializers.IntegerField()
+    body = serializers.CharField()
+    description = serializers.CharField()
+    reason = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    created_by = serializers.CharField(source="created_by.username", default=None)
+    restored_from = serializers.IntegerField(allow_null=True)
+
+
+class PolicyOutput(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    owner = serializers.CharField(source="owner.username")
+    enabled = serializers.BooleanField()
+    version = serializers.IntegerField(source="current.number")
+    body = serializers.CharField(source="current.body")
+    created_at = serializers.DateTimeField()
+
+
+class PolicySetOutput(serializers.Serializer):
+    number = serializers.IntegerField()
+    members = serializers.ListField()
+    reason = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class RoleInput(serializers.Serializer):
+    name = serializers.SlugField(max_length=64)
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=list(SCOPES)), max_length=len(SCOPES))
+
+
+class RoleUpdateInput(serializers.Serializer):
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=list(SCOPES)), max_length=len(SCOPES), required=False)
+
+
+class RoleOutput(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+
+
+class GrantInput(serializers.Serializer):
+    role = serializers.SlugRelatedField(slug_field="name", queryset=Role.objects.all())
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+class GrantOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    role = serializers.CharField(source="role.name")
+    granted_by = serializers.CharField(source="granted_by.username", default=None)
+    granted_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+
+__all__ = ["Policy", "PolicySetVersion", "PolicyVersion"]
