@@ -5,7 +5,9 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from governance.models import Role
+from governance.models import Policy, Role
+from governance.policy_templates import TEMPLATES
+from governance.services import policy_create
 
 from . import services
 from .models import Agent, Clearance, Team
@@ -38,6 +40,11 @@ def demo_fleet_ensure(*, owner_username: str = "admin") -> list[str]:
         Team.objects.get_or_create(name=name, defaults={"display_name": display})
     for name, (description, scopes) in ROLES.items():
         Role.objects.get_or_create(name=name, defaults={"description": description, "scopes": scopes})
+    for name in ("baseline-permit", "expensive-calls-need-finance", "confidential-data-needs-clearance",
+                 "no-deep-delegation", "business-hours-only"):
+        if not Policy.objects.filter(name=name).exists():
+            description, body = TEMPLATES[name]
+            policy_create(name=name, body=body, description=description, by=owner, reason="demo starter policy")
     created = []
     for name, team, roles, description, models, tools, clearance in FLEET:
         if Agent.objects.filter(name=name).exists():

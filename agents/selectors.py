@@ -70,3 +70,13 @@ def key_state(key: AgentKey) -> str:
 
 def teams() -> QuerySet[Team]:
     return Team.objects.all()
+
+
+def agent_grants(*, agent: Agent):
+    return RoleGrant.objects.filter(agent=agent).select_related("role", "granted_by").order_by("revoked_at", "-granted_at")
+
+
+def agent_actions(*, agent: Agent, limit: int = 25):
+    from governance.models import Action
+
+    return Action.objects.filter(agent=agent).select_related("approval").order_by("-created_at")[:limit]

@@ -15,7 +15,7 @@ from django.views.decorators.vary import vary_on_headers
 from audit.selectors import events_for_agent
 from governance.access import can, require
 from governance.exceptions import Conflict
-from governance.forms import apply_errors
+from governance.forms import GrantForm, apply_errors
 
 from . import selectors, services
 from .filters import AgentFilter
@@ -46,6 +46,9 @@ def _detail(request, agent, *, status=200, **extra):
         "keys": selectors.agent_keys(agent=agent),
         "delegations": selectors.agent_delegations(agent=agent),
         "events": events_for_agent(agent_id=agent.pk, limit=20),
+        "actions": selectors.agent_actions(agent=agent, limit=25),
+        "grants": selectors.agent_grants(agent=agent),
+        "grant_form": GrantForm(),
         "can_manage": can(request.user, "agent.manage"),
         "can_suspend": can(request.user, "agent.suspend"),
         "key_form": KeyForm(),

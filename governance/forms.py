@@ -14,3 +14,49 @@ def apply_errors(form, error: ValidationError) -> None:
 class ApiTokenForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What the token is for, e.g. “nightly export”.")
     expires_in_days = forms.IntegerField(required=False, min_value=1, max_value=3650, initial=90)
+
+
+class PolicyForm(forms.Form):
+    name = forms.SlugField(max_length=100, help_text="Lowercase letters, digits and hyphens; the policy's id.")
+    description = forms.CharField(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    body = forms.CharField(max_length=20_000, strip=False, widget=forms.Textarea(
+        attrs={"rows": 12, "class": "code", "spellcheck": "false"}), label="Cedar policy")
+    reason = forms.CharField(max_length=500, help_text="Why this change? Recorded with the version.")
+
+
+class PolicyEditForm(PolicyForm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        del self.fields["name"]
+
+
+class SimulateForm(forms.Form):
+    name = forms.SlugField(max_length=100, help_text="An existing policy to change, or a new name.")
+    body = forms.CharField(max_length=20_000, strip=False, required=False, widget=forms.Textarea(
+        attrs={"rows": 8, "class": "code", "spellcheck": "false"}), label="Draft Cedar policy")
+    disable = forms.BooleanField(required=False, label="Simulate switching this policy off instead")
+    limit = forms.IntegerField(min_value=1, max_value=5000, initial=500, label="Replay the last N decisions")
+
+
+class RoleForm(forms.Form):
+    name = forms.SlugField(max_length=64)
+    description = forms.CharField(max_length=2000, required=False)
+    scopes = forms.MultipleChoiceField(choices=[], widget=forms.CheckboxSelectMultiple, required=False)
+
+    def __init__(self, *args, **kwargs):
+        from .scopes import SCOPES
+
+        super().__init__(*args, **kwargs)
+        self.fields["scopes"].choices = [(name, f"{name} — {text}") for name, text in SCOPES.items()]
+
+
+class GrantForm(forms.Form):
+    role = forms.ModelChoiceField(queryset=None, to_field_name="name")
+    expires_in_days = forms.IntegerField(min_value=1, max_value=3650, required=False,
+                                         help_text="Leave empty for a grant without expiry.")
+
+    def __init__(self, *args, **kwargs):
+        from .models import Role
+
+        super().__init__(*args, **kwargs)
+        self.fields["role"].queryset = Role.objects.all()

@@ -148,7 +148,7 @@ def _line_of(body: str, message: str) -> int | None:
         if token.startswith("policy"):
             continue
         for number, line in enumerate(lines, 1):
-            if re.search(rf"(?<![\w.]){re.escape(token)}(?![\w])", line):
+            if re.search(rf"(?<![\w]){re.escape(token)}(?![\w])", line):
                 return number
     # Find the first line whose prefix already fails the same way.
     for number in range(1, len(lines) + 1):
@@ -194,8 +194,13 @@ def check_policy(body: str) -> tuple[PolicyShape | None, list[Problem]]:
             problems.append(Problem(_line_of(body, "`@escalate`"),
                                     f"@escalate must name a group that approves: {', '.join(ESCALATION_GROUPS)}."))
     result = validate_policies(body, schema())
+    seen = set()
     for error in result.errors:
-        problems.append(Problem(_line_of(body, error.error), error.error.replace("for policy `policy0`, ", "")))
+        # Cedar repeats one mistake once per action the policy applies to.
+        message = re.sub(r' for Action::"[^"]+"', "", error.error.replace("for policy `policy0`, ", ""))
+        if message not in seen:
+            seen.add(message)
+            problems.append(Problem(_line_of(body, message), message))
     if problems:
         return None, problems
     return shape_of(node), []

@@ -165,13 +165,18 @@ def role_revoke(*, grant: RoleGrant, by) -> RoleGrant:
 # --- policies -----------------------------------------------------------------------------
 
 
-RESERVED_POLICY_NAMES = {"validate", "simulate", "sets"}
+RESERVED_POLICY_NAMES = {"validate", "simulate", "sets", "new", "roles"}
 
 
 def policy_problems(body: str) -> list[str]:
     """Cedar's complaints about a policy text, each pointing at its line where possible."""
     _, problems = check_policy(body)
     return [str(problem) for problem in problems]
+
+
+def normalise_body(body: str) -> str:
+    """Browsers send CRLF from a textarea; store and compare with plain newlines."""
+    return (body or "").replace("\r\n", "\n").replace("\r", "\n").rstrip() + "\n"
 
 
 def _require_valid(body: str) -> None:
@@ -229,6 +234,7 @@ def _new_version(*, policy: Policy, body: str, description: str, reason: str, by
 def policy_create(*, name: str, body: str, by, description: str = "", reason: str = "", enabled: bool = True,
                   owner=None) -> Policy:
     reason = _require_reason(reason or "created")
+    body = normalise_body(body)
     if name in RESERVED_POLICY_NAMES:
         raise ValidationError({"name": f"{name!r} is reserved; choose another name."})
     _require_valid(body)
@@ -249,8 +255,9 @@ def policy_create(*, name: str, body: str, by, description: str = "", reason: st
 def policy_update(*, policy: Policy, body: str, by, reason: str, description: str | None = None) -> PolicyVersion:
     """Every edit is a new immutable version, published at once."""
     reason = _require_reason(reason)
+    body = normalise_body(body)
     _require_valid(body)
-    policy = Policy.objects.select_for_update().select_related("current").get(pk=policy.pk)
+    policy = Policy.objects.select_for_update(of=("self",)).select_related("current").get(pk=policy.pk)
     description = policy.description if description is None else description
     if policy.current and policy.current.body == body and policy.description == description:
         raise ValidationError({"body": "Nothing changed."})

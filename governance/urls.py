@@ -6,6 +6,18 @@ from . import views
 
 section_patterns = [
     path("policies/", views.policy_list, name="policies"),
+    path("policies/new/", views.policy_new, name="policy-new"),
+    path("policies/validate/", views.policy_validate, name="policy-validate"),
+    path("policies/simulate/", views.policy_simulate, name="policy-simulate"),
+    path("policies/sets/", views.policy_sets, name="policy-sets"),
+    path("policies/roles/", views.role_list, name="roles"),
+    path("policies/roles/<slug:name>/", views.role_edit, name="role-edit"),
+    path("policies/<slug:name>/", views.policy_detail, name="policy"),
+    path("policies/<slug:name>/edit/", views.policy_edit, name="policy-edit"),
+    path("policies/<slug:name>/restore/", views.policy_restore, name="policy-restore"),
+    path("policies/<slug:name>/toggle/", views.policy_toggle, name="policy-toggle"),
+    path("agents/<uuid:agent_id>/roles/", views.grant_create, name="grant-create"),
+    path("agents/<uuid:agent_id>/roles/<int:grant_id>/revoke/", views.grant_revoke, name="grant-revoke"),
     path("approvals/", views.approval_list, name="approvals"),
 ]
 

@@ -1,14 +1,28 @@
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import JsonResponse
-from django.shortcuts import render
-from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+import datetime as dt
+import difflib
 
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from agents import selectors as agent_selectors
+
+from . import services, simulation
 from .access import can, require, user_groups
 from .context_processors import SECTIONS
+from .exceptions import Conflict
+from .forms import ApiTokenForm, GrantForm, PolicyEditForm, PolicyForm, RoleForm, SimulateForm, apply_errors
 from .health import readiness
+from .models import ApiToken, Approval, Policy, PolicySetVersion, Role, RoleGrant
+from .policy_templates import TEMPLATES
+from .selectors import policy_list as policies
 
 
 @require_GET
@@ -33,41 +47,249 @@ def home(request):
     return render(request, "governance/home.html", {"sections": sections, "groups": sorted(user_groups(request.user))})
 
 
-@require("policy.view")
-def policy_list(request):
-    return render(request, "governance/policy_list.html")
-
-
 @require("approval.view")
 def approval_list(request):
-    return render(request, "governance/approval_list.html")
+    approvals = Approval.objects.filter(status="pending").select_related("action__agent").order_by("created_at")
+    return render(request, "governance/approval_list.html", {"approvals": approvals[:200]})
+
+
+# --- policies ---------------------------------------------------------------------------
+
+
+@require("policy.view")
+def policy_list(request):
+    current = PolicySetVersion.objects.order_by("-number").first()
+    return render(request, "governance/policy_list.html", {
+        "policies": policies(),
+        "current_set": current,
+        "can_manage": can(request.user, "policy.manage"),
+    })
+
+
+def _policy(name) -> Policy:
+    return get_object_or_404(policies(), name=name)
+
+
+@require("policy.manage")
+def policy_new(request):
+    initial = {}
+    template = request.GET.get("template")
+    if template in TEMPLATES:
+        description, body = TEMPLATES[template]
+        initial = {"name": template, "description": description, "body": body, "reason": "from starter template"}
+    form = PolicyForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            policy = services.policy_create(by=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            apply_errors(form, error)
+        else:
+            messages.success(request, f"Policy {policy.name} published.")
+            return redirect("governance:policy", name=policy.name)
+    return render(request, "governance/policy_form.html", {
+        "form": form, "title": "New policy", "templates": TEMPLATES,
+    }, status=400 if form.errors else 200)
+
+
+@require("policy.manage")
+def policy_edit(request, name):
+    policy = _policy(name)
+    form = PolicyEditForm(request.POST or None, initial={"description": policy.description, "body": policy.current.body})
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.policy_update(policy=policy, by=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            apply_errors(form, error)
+        else:
+            messages.success(request, f"Policy {policy.name} updated and published.")
+            return redirect("governance:policy", name=policy.name)
+    return render(request, "governance/policy_form.html", {
+        "form": form, "policy": policy, "title": f"Edit {policy.name}", "templates": TEMPLATES,
+    }, status=400 if form.errors else 200)
+
+
+@require("policy.view")
+@require_POST
+def policy_validate(request):
+    """htmx: Cedar's verdict on the editor's text, as a fragment of the editor page."""
+    body = request.POST.get("body", "")
+    problems = services.policy_problems(body) if body.strip() else []
+    return render(request, "governance/policy_form.html#verdict", {"problems": problems, "checked": bool(body.strip())})
+
+
+def _diff(old: str, new: str) -> list[tuple[str, str]]:
+    lines = difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=3)
+    rows = []
+    for line in list(lines)[2:]:
+        kind = "add" if line.startswith("+") else "del" if line.startswith("-") else "hunk" if line.startswith("@@") else "ctx"
+        rows.append((kind, line))
+    return rows
+
+
+@require("policy.view")
+def policy_detail(request, name):
+    policy = _policy(name)
+    versions = list(policy.versions.select_related("created_by").order_by("-number"))
+    history = []
+    for index, version in enumerate(versions):
+        previous = versions[index + 1] if index + 1 < len(versions) else None
+        history.append({"version": version, "diff": _diff(previous.body if previous else "", version.body)})
+    return render(request, "governance/policy_detail.html", {
+        "policy": policy, "history": history, "can_manage": can(request.user, "policy.manage"),
+    })
+
+
+@require("policy.manage")
+@require_POST
+def policy_restore(request, name):
+    policy = _policy(name)
+    try:
+        number = int(request.POST.get("version", ""))
+        version = services.policy_restore(policy=policy, number=number, by=request.user,
+                                          reason=request.POST.get("reason", ""))
+    except ValueError:
+        messages.error(request, "Choose a version to restore.")
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"Version {number} restored as version {version.number} and published.")
+    return redirect("governance:policy", name=policy.name)
+
+
+@require("policy.manage")
+@require_POST
+def policy_toggle(request, name):
+    policy = _policy(name)
+    enabled = request.POST.get("enabled") == "1"
+    try:
+        services.policy_set_enabled(policy=policy, enabled=enabled, by=request.user, reason=request.POST.get("reason", ""))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"Policy {policy.name} {'enabled' if enabled else 'disabled'} and published.")
+    return redirect("governance:policy", name=policy.name)
+
+
+@require("policy.view")
+def policy_simulate(request):
+    initial = {}
+    if request.GET.get("policy"):
+        policy = Policy.objects.filter(name=request.GET["policy"]).select_related("current").first()
+        if policy is not None:
+            initial = {"name": policy.name, "body": policy.current.body}
+    form = SimulateForm(request.POST or None, initial=initial)
+    result = None
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        change = {"name": data["name"], "enabled": not data["disable"]}
+        if not data["disable"]:
+            if not data["body"].strip():
+                form.add_error("body", "Write the draft policy, or tick the box to simulate switching it off.")
+            change["body"] = data["body"]
+        if not form.errors:
+            try:
+                result = simulation.simulate(changes=[change], limit=data["limit"])
+            except ValidationError as error:
+                form.add_error("body", error.messages)
+    return render(request, "governance/policy_simulate.html", {"form": form, "result": result},
+                  status=400 if form.errors else 200)
+
+
+@require("policy.view")
+def policy_sets(request):
+    return render(request, "governance/policy_sets.html", {
+        "sets": PolicySetVersion.objects.select_related("created_by").order_by("-number")[:200],
+    })
+
+
+# --- roles and grants ----------------------------------------------------------------------
+
+
+@require("agent.view")
+def role_list(request):
+    form = RoleForm(request.POST or None)
+    if request.method == "POST":
+        if not can(request.user, "policy.manage"):
+            raise PermissionDenied("policy.manage")
+        if form.is_valid():
+            try:
+                role = services.role_create(by=request.user, **form.cleaned_data)
+            except ValidationError as error:
+                apply_errors(form, error)
+            else:
+                messages.success(request, f"Role {role.name} created.")
+                return redirect("governance:roles")
+    return render(request, "governance/role_list.html", {
+        "roles": Role.objects.all(), "form": form, "can_manage": can(request.user, "policy.manage"),
+    }, status=400 if form.errors else 200)
+
+
+@require("policy.manage")
+def role_edit(request, name):
+    role = get_object_or_404(Role, name=name)
+    form = RoleForm(request.POST or None, initial={"name": role.name, "description": role.description, "scopes": role.scopes})
+    form.fields["name"].disabled = True
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.role_update(role=role, by=request.user, scopes=form.cleaned_data["scopes"],
+                                 description=form.cleaned_data["description"])
+        except ValidationError as error:
+            apply_errors(form, error)
+        else:
+            messages.success(request, f"Role {role.name} saved.")
+            return redirect("governance:roles")
+    return render(request, "governance/role_form.html", {"form": form, "role": role}, status=400 if form.errors else 200)
+
+
+@require("agent.manage")
+@require_POST
+def grant_create(request, agent_id):
+    agent = agent_selectors.agent_get(user=request.user, agent_id=agent_id)
+    form = GrantForm(request.POST)
+    if form.is_valid():
+        days = form.cleaned_data["expires_in_days"]
+        try:
+            services.role_grant(agent=agent, role=form.cleaned_data["role"], by=request.user,
+                                expires_at=timezone.now() + dt.timedelta(days=days) if days else None)
+        except (ValidationError, Conflict) as error:
+            messages.error(request, error.message if isinstance(error, Conflict) else " ".join(error.messages))
+        else:
+            messages.success(request, f"Role {form.cleaned_data['role'].name} granted to {agent.name}.")
+    else:
+        messages.error(request, "Choose a role and, optionally, a number of days between 1 and 3650.")
+    return redirect("agents:detail", agent_id=agent.pk)
+
+
+@require("agent.manage")
+@require_POST
+def grant_revoke(request, agent_id, grant_id):
+    agent = agent_selectors.agent_get(user=request.user, agent_id=agent_id)
+    grant = get_object_or_404(RoleGrant, pk=grant_id, agent=agent)
+    services.role_revoke(grant=grant, by=request.user)
+    messages.success(request, f"Role {grant.role.name} revoked from {agent.name}.")
+    return redirect("agents:detail", agent_id=agent.pk)
+
+
+# --- a person's API tokens -------------------------------------------------------------------
 
 
 @login_required
 def api_tokens(request):
     """A person's own API tokens: issue (shown once) and revoke."""
-    import datetime as dt
-
-    from django.contrib import messages
-    from django.core.exceptions import ValidationError
-    from django.shortcuts import get_object_or_404, redirect
-    from django.utils import timezone
-
-    from .forms import ApiTokenForm, apply_errors
-    from .models import ApiToken
-    from .services import api_token_issue, api_token_revoke
-
     form = ApiTokenForm(request.POST or None)
     new_secret = None
     if request.method == "POST" and "revoke" in request.POST:
-        token = get_object_or_404(ApiToken, pk=request.POST["revoke"], user=request.user)
-        api_token_revoke(token=token, by=request.user)
+        try:
+            token = ApiToken.objects.get(pk=request.POST["revoke"], user=request.user)
+        except (ApiToken.DoesNotExist, ValidationError, ValueError):
+            raise Http404("No such token.") from None
+        services.api_token_revoke(token=token, by=request.user)
         messages.success(request, f"Token {token.name} revoked.")
         return redirect("api-tokens")
     if request.method == "POST" and form.is_valid():
         days = form.cleaned_data["expires_in_days"]
         try:
-            _, new_secret = api_token_issue(
+            _, new_secret = services.api_token_issue(
                 user=request.user, name=form.cleaned_data["name"],
                 expires_at=timezone.now() + dt.timedelta(days=days) if days else None,
             )
@@ -81,3 +303,4 @@ def api_tokens(request):
     if new_secret:
         response["Cache-Control"] = "no-store"
     return response
+

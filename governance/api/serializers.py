@@ -72,7 +72,7 @@ class PolicyBodyInput(serializers.Serializer):
     body = serializers.CharField(max_length=20_000, trim_whitespace=False)
 
 
-class ReasonInput(serializers.Serializer):
+class PolicyReasonInput(serializers.Serializer):
     reason = serializers.CharField(max_length=500)
 
 
@@ -90,6 +90,31 @@ class DraftPolicy(serializers.Serializer):
 class SimulateInput(serializers.Serializer):
     changes = DraftPolicy(many=True, help_text="Policies to add, change (body) or switch off (enabled=false)")
     limit = serializers.IntegerField(min_value=1, max_value=5000, required=False, default=500)
+
+
+class ValidationOutput(serializers.Serializer):
+    valid = serializers.BooleanField()
+    errors = serializers.ListField(child=serializers.CharField())
+
+
+class SimulatedChange(serializers.Serializer):
+    action_id = serializers.UUIDField()
+    agent = serializers.CharField()
+    action = serializers.CharField()
+    resource = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    current = serializers.CharField()
+    draft = serializers.CharField()
+    current_policies = serializers.ListField(child=serializers.CharField())
+    draft_policies = serializers.ListField(child=serializers.CharField())
+    draft_reasons = serializers.ListField(child=serializers.CharField())
+
+
+class SimulationOutput(serializers.Serializer):
+    policy_set_version = serializers.IntegerField()
+    draft_policies = serializers.IntegerField()
+    decisions_replayed = serializers.IntegerField()
+    changed = SimulatedChange(many=True)
 
 
 class PolicyVersionOutput(serializers.Serializer):

@@ -174,9 +174,9 @@ class PolicyToggleView(CapabilityView):
     capabilities = {"POST": "policy.manage"}
     enabled = True
 
-    @extend_schema(request=s.ReasonInput, responses=s.PolicyOutput)
+    @extend_schema(request=s.PolicyReasonInput, responses=s.PolicyOutput)
     def post(self, request, name):
-        data = valid(s.ReasonInput, request.data)
+        data = valid(s.PolicyReasonInput, request.data)
         services.policy_set_enabled(policy=_policy(name), enabled=self.enabled, by=request.user, reason=data["reason"])
         return Response(s.PolicyOutput(_policy(name)).data)
 
@@ -184,7 +184,7 @@ class PolicyToggleView(CapabilityView):
 class PolicyValidateView(CapabilityView):
     capabilities = {"POST": "policy.view"}
 
-    @extend_schema(request=s.PolicyBodyInput)
+    @extend_schema(request=s.PolicyBodyInput, responses=s.ValidationOutput)
     def post(self, request):
         data = valid(s.PolicyBodyInput, request.data)
         problems = services.policy_problems(data["body"])
@@ -194,7 +194,7 @@ class PolicyValidateView(CapabilityView):
 class PolicySimulateView(CapabilityView):
     capabilities = {"POST": "policy.view"}
 
-    @extend_schema(request=s.SimulateInput)
+    @extend_schema(request=s.SimulateInput, responses=s.SimulationOutput)
     def post(self, request):
         data = valid(s.SimulateInput, request.data)
         return Response(simulation.simulate(changes=data["changes"], limit=data["limit"]))
