@@ -9,13 +9,16 @@ RUN := $(UV) run --frozen
 DEVSTACK := $(RUN) python scripts/devstack.py
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test setup uv browser services services-down check clean
+.PHONY: run test bench wrk setup uv browser services services-down check clean
 
 run: setup
 	$(DEVSTACK) run
 
 test: setup browser
 	$(DEVSTACK) test $(PYTEST_ARGS)
+
+bench: setup wrk
+	$(DEVSTACK) bench
 
 setup: uv
 	$(UV) sync --frozen
@@ -35,6 +38,13 @@ browser:
 			echo "Chromium is missing at $(CHROMIUM): install it (apt-get install chromium) or set CHROMIUM"; exit 1; \
 		fi; \
 	fi
+
+# The HTTP benchmark drives the server with wrk (Debian's package).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+		else echo "wrk is missing: install it (apt-get install wrk) for the HTTP benchmark"; fi; }
 
 services: setup
 	$(DEVSTACK) up

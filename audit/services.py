@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from django.db import connection, transaction
 from django.utils import timezone
 
+from psycopg.types.json import Jsonb
+
 from governance.context import current_correlation_id
+from governance.sql import as_saved
 from governance.telemetry import current_trace_id
 
 from .models import GENESIS, AuditEvent
@@ -86,6 +89,19 @@ def event_hash(fields: dict) -> str:
     return hashlib.sha256(canonical(fields)).hexdigest()
 
 
+EVENT_COLUMNS = (*HASHED_FIELDS, "hash")
+JSON_FIELDS = {"delegation_chain", "reasons", "policy_ids", "payload"}
+INSERT_EVENT = f"""
+    WITH event AS (
+        INSERT INTO audit_auditevent ({", ".join(EVENT_COLUMNS)})
+        VALUES ({", ".join(["%s"] * len(EVENT_COLUMNS))}) RETURNING id
+    ), head AS (
+        UPDATE audit_chainhead SET hash = %s WHERE chain = %s
+    )
+    SELECT id FROM event
+"""
+
+
 def _claim_link(chain: str) -> tuple[int, str]:
     """Lock the chain's head row and take the next sequence number."""
     with connection.cursor() as cursor:
@@ -101,7 +117,7 @@ def _claim_link(chain: str) -> tuple[int, str]:
     return seq, prev_hash
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # rolls back with the change it records
 def audit_record(
     *,
     action: str,
@@ -116,6 +132,7 @@ def audit_record(
     cost_micros: int | None = None,
     data_classification: str = "",
     payload: dict | None = None,
+    team: str | None = None,
 ) -> AuditEvent:
     who = Actor.of(actor)
     chain = f"agent:{agent.pk}" if agent is not None else "global"
@@ -130,7 +147,7 @@ def audit_record(
         "actor_name": who.name,
         "agent_id": agent.pk if agent is not None else None,
         "agent_name": agent.name if agent is not None else "",
-        "team": agent.team.name if agent is not None else "",
+        "team": (team or agent.team.name) if agent is not None else "",
         "delegation_chain": list(delegation_chain),
         "action": action,
         "resource": resource,
@@ -148,7 +165,11 @@ def audit_record(
     for name in ("delegation_chain", "payload", "reasons", "policy_ids"):
         fields[name] = json.loads(json.dumps(fields[name], default=str))
     fields["hash"] = event_hash(fields)
-    event = AuditEvent.objects.create(**fields)
+    # The event and the new chain head in one round trip.
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE audit_chainhead SET hash = %s WHERE chain = %s", [fields["hash"], chain])
-    return event
+        cursor.execute(
+            INSERT_EVENT,
+            [*(Jsonb(fields[name]) if name in JSON_FIELDS else fields[name] for name in EVENT_COLUMNS), fields["hash"], chain],
+        )
+        event_id = cursor.fetchone()[0]
+    return as_saved(AuditEvent, {"id": event_id, **fields})

@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import uuid
 import zoneinfo
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -28,18 +29,21 @@ from django.utils import timezone
 
 from agents.models import Agent, AgentStatus, Clearance, Delegation
 from agents.services import agent_own_scopes, delegation_problem, describe_chain
-from audit.services import audit_record
+from audit.services import Actor, audit_record
 from billing import services as billing
 
+from . import sql
 from .context import current_correlation_id
 from .exceptions import Conflict
 from .models import Action, ActionOutcome, ActionStatus, Approval, RoleGrant
 from .policy_engine import ACTION_RESOURCE, Request
-from .selectors import active_policy_set
+from .selectors import policy_set_for
 from .telemetry import tracer
 
 logger = logging.getLogger(__name__)
 
+ACTION_JSON_FIELDS = {"context", "cedar_context", "cedar_entities", "reasons", "policy_ids", "observed",
+                      "delegation_chain", "usage"}
 CLASSIFICATIONS = {label: value for value, label in Clearance.choices}
 MAX_TOKENS = 10_000_000
 MAX_COST_MICROS = 10**12  # one million dollars: anything above is a mistake
@@ -104,18 +108,18 @@ def request_digest(*, action: str, resource: str, context: dict, on_behalf_of) -
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def agent_entity(agent: Agent, role_names) -> dict:
+def agent_entity(*, name: str, owner: str, team: str, clearance: int, models, tools, role_names) -> dict:
     return {
-        "uid": {"type": "Agent", "id": agent.name},
+        "uid": {"type": "Agent", "id": name},
         "attrs": {
-            "name": agent.name,
-            "owner": {"__entity": {"type": "User", "id": agent.owner.get_username()}},
-            "team": {"__entity": {"type": "Team", "id": agent.team.name}},
-            "clearance": int(agent.clearance),
-            "models": list(agent.allowed_models),
-            "tools": list(agent.allowed_tools),
+            "name": name,
+            "owner": {"__entity": {"type": "User", "id": owner}},
+            "team": {"__entity": {"type": "Team", "id": team}},
+            "clearance": int(clearance),
+            "models": list(models),
+            "tools": list(tools),
         },
-        "parents": [{"type": "Team", "id": agent.team.name}] + [{"type": "Role", "id": name} for name in sorted(role_names)],
+        "parents": [{"type": "Team", "id": team}] + [{"type": "Role", "id": role} for role in sorted(role_names)],
     }
 
 
@@ -125,8 +129,15 @@ def _resource_entity(action: str, resource: str, cleaned: dict) -> dict:
         target = Agent.objects.select_related("owner", "team").filter(name=resource).first()
         if target is None:
             raise ValidationError({"resource": f"No agent named {resource!r}."})
-        roles = RoleGrant.objects.filter(agent=target, revoked_at__isnull=True).values_list("role__name", flat=True)
-        return agent_entity(target, roles)
+        now = timezone.now()
+        roles = [
+            grant.role.name
+            for grant in RoleGrant.objects.filter(agent=target, revoked_at__isnull=True).select_related("role")
+            if grant.expires_at is None or grant.expires_at > now
+        ]
+        return agent_entity(name=target.name, owner=target.owner.get_username(), team=target.team.name,
+                            clearance=target.clearance, models=target.allowed_models, tools=target.allowed_tools,
+                            role_names=roles)
     attrs: dict = {}
     if kind == "DataView":
         attrs["classification"] = CLASSIFICATIONS[cleaned["classification"]]
@@ -136,19 +147,64 @@ def _resource_entity(action: str, resource: str, cleaned: dict) -> dict:
     return {"uid": {"type": kind, "id": entity_id}, "attrs": attrs, "parents": []}
 
 
+@dataclass
+class Snapshot:
+    """What the gate needs to know about an agent, read in one round trip."""
+
+    name: str
+    status: str
+    status_reason: str
+    clearance: int
+    allowed_models: list
+    allowed_tools: list
+    last_seen_at: dt.datetime | None
+    owner: str
+    team: str
+    grants: list  # [[role, scopes, expires_at iso | None], ...]
+    policy_set: tuple[int, str]  # (number, published) of the newest policy set
+
+
+SNAPSHOT_SQL = """
+SELECT a.name, a.status, a.status_reason, a.clearance, a.allowed_models, a.allowed_tools, a.last_seen_at,
+       u.{username}, t.name,
+       COALESCE((SELECT json_agg(json_build_array(r.name, r.scopes, g.expires_at))
+                 FROM governance_rolegrant g JOIN governance_role r ON r.id = g.role_id
+                 WHERE g.agent_id = a.id AND g.revoked_at IS NULL), '[]'::json),
+       (SELECT json_build_array(number, created_at) FROM governance_policysetversion ORDER BY number DESC LIMIT 1)
+FROM agents_agent a JOIN {users} u ON u.id = a.owner_id JOIN agents_team t ON t.id = a.team_id
+WHERE a.id = %s
+"""
+
+
+def _snapshot(agent_id) -> Snapshot:
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    User = get_user_model()
+    sql = SNAPSHOT_SQL.format(username=User._meta.get_field(User.USERNAME_FIELD).column, users=User._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [agent_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Agent.DoesNotExist
+    *fields, grants, policy_set = row
+    policy_set = (int(policy_set[0]), dt.datetime.fromisoformat(policy_set[1]).isoformat()) if policy_set else (0, "")
+    return Snapshot(*fields, grants=grants, policy_set=policy_set)
+
+
 def _local_now() -> dt.datetime:
     return timezone.now().astimezone(zoneinfo.ZoneInfo(settings.WARDEN_TIMEZONE))
 
 
-def _live_roles(agent: Agent, now: dt.datetime) -> tuple[set[str], set[str], list[str]]:
-    """(role names, scopes, expired role names) from the agent's grants."""
+def _live_roles(grants, now: dt.datetime) -> tuple[set[str], set[str], list[str]]:
+    """(role names, scopes, expired role names) from the snapshot's grants."""
     names, scopes, expired = set(), set(), []
-    for grant in RoleGrant.objects.filter(agent=agent, revoked_at__isnull=True).select_related("role"):
-        if grant.expires_at is not None and grant.expires_at <= now:
-            expired.append(grant.role.name)
+    for role, role_scopes, expires_at in grants:
+        if expires_at is not None and dt.datetime.fromisoformat(expires_at) <= now:
+            expired.append(role)
             continue
-        names.add(grant.role.name)
-        scopes.update(grant.role.scopes)
+        names.add(role)
+        scopes.update(role_scopes)
     return names, scopes, expired
 
 
@@ -197,16 +253,16 @@ def _replay(existing: Action, digest: str) -> Action:
 def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idempotency_key, digest) -> Action:
     now = timezone.now()
     # 1. Identity: the newest committed state, read inside this transaction.
-    agent = Agent.objects.select_related("owner", "team").get(pk=agent.pk)
+    me = _snapshot(agent.pk)
     target = _resource_entity(action, resource, cleaned)  # an unknown resource cannot be judged
     delegation = None
     chain: list[dict] = []
     judgement: Judgement | None = None
     if key is not None and (key.revoked_at is not None or (key.expires_at and key.expires_at <= now) or key.agent_id != agent.pk):
         judgement = _deny("the agent key is revoked, expired or not this agent's")
-    elif agent.status != AgentStatus.ACTIVE:
-        reason = f"agent {agent.name} is {agent.status}"
-        judgement = _deny(reason + (f": {agent.status_reason}" if agent.status_reason else ""))
+    elif me.status != AgentStatus.ACTIVE:
+        reason = f"agent {me.name} is {me.status}"
+        judgement = _deny(reason + (f": {me.status_reason}" if me.status_reason else ""))
     if on_behalf_of is not None:
         delegation = Delegation.objects.select_related("delegate", "delegator_user", "delegator_agent").filter(
             pk=on_behalf_of
@@ -220,7 +276,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
                 judgement = _deny(f"delegation chain is not valid: {problem}")
 
     # 2. Scopes (and the agent's capability lists).
-    role_names, scopes, expired = _live_roles(agent, now)
+    role_names, scopes, expired = _live_roles(me.grants, now)
     if judgement is None:
         held = set(delegation.scopes) if delegation is not None else scopes
         if action not in held:
@@ -230,10 +286,10 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
                 judgement = _deny(f"scope {action} is not granted; role grant(s) expired: {', '.join(sorted(expired))}")
             else:
                 judgement = _deny(f"scope {action} is not granted by the agent's roles ({', '.join(sorted(role_names)) or 'none'})")
-        elif action == "llm.call" and resource not in agent.allowed_models:
-            judgement = _deny(f"model {resource} is not in {agent.name}'s allowed models")
-        elif action == "tool.call" and resource not in agent.allowed_tools:
-            judgement = _deny(f"tool {resource} is not in {agent.name}'s allowed tools")
+        elif action == "llm.call" and resource not in me.allowed_models:
+            judgement = _deny(f"model {resource} is not in {me.name}'s allowed models")
+        elif action == "tool.call" and resource not in me.allowed_tools:
+            judgement = _deny(f"tool {resource} is not in {me.name}'s allowed tools")
         elif action == "agent.delegate":
             widened = set(cleaned["scopes"]) - held
             if widened:
@@ -254,9 +310,10 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     policy_version = None
     if judgement is None:
         try:
-            principal = agent_entity(agent, role_names)
+            principal = agent_entity(name=me.name, owner=me.owner, team=me.team, clearance=me.clearance,
+                                     models=me.allowed_models, tools=me.allowed_tools, role_names=role_names)
             entities = [principal, target]
-            policy_set = active_policy_set()
+            policy_set = policy_set_for(*me.policy_set)
             policy_version = policy_set.version
             decision = policy_set.decide(Request(action=action, agent=principal, resource=target, context=cedar_context))
             judgement = Judgement(decision.outcome, decision.reasons, decision.policies, decision.escalate_to,
@@ -280,13 +337,19 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
             else:
                 reserved = reservation.micros
 
-    record = Action.objects.create(
-        agent=agent, key=key, delegation=delegation, action=action, resource=resource, context=context,
-        cedar_context=cedar_context, cedar_entities=entities, idempotency_key=idempotency_key or None,
-        request_digest=digest, outcome=judgement.outcome, reasons=judgement.reasons, policy_ids=judgement.policies,
-        observed=judgement.observed, policy_version=policy_version, delegation_chain=chain,
-        estimated_cost_micros=estimate.micros, reserved_micros=reserved, correlation_id=current_correlation_id(),
-    )
+    fields = {
+        "id": uuid.uuid4(), "agent_id": agent.pk, "key_id": key.pk if key is not None else None,
+        "delegation_id": delegation.pk if delegation is not None else None, "action": action, "resource": resource,
+        "context": context, "cedar_context": cedar_context, "cedar_entities": entities,
+        "idempotency_key": idempotency_key or None, "request_digest": digest, "outcome": judgement.outcome,
+        "reasons": judgement.reasons, "policy_ids": judgement.policies, "observed": judgement.observed,
+        "policy_version": policy_version, "delegation_chain": chain, "estimated_cost_micros": estimate.micros,
+        "reserved_micros": reserved, "status": ActionStatus.DECIDED, "usage": None, "actual_cost_micros": None,
+        "correlation_id": current_correlation_id(), "created_at": now, "completed_at": None,
+    }
+    sql.insert("governance_action", fields, json_fields=ACTION_JSON_FIELDS)
+    record = sql.as_saved(Action, fields)
+    record.agent = agent
     if judgement.outcome == ActionOutcome.PENDING_APPROVAL:
         Approval.objects.create(action=record, group=judgement.escalate_to[0] if judgement.escalate_to else "admin",
                                 reasons=judgement.reasons)
@@ -294,8 +357,9 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     # 5. Audit, in the same transaction.
     audit_record(
         action=f"gate.{action}",
-        actor=agent,
+        actor=Actor("agent", str(agent.pk), me.name),
         agent=agent,
+        team=me.team,
         resource=f"{ACTION_RESOURCE[action]}::{resource}",
         outcome=judgement.outcome,
         reasons=judgement.reasons,
@@ -307,7 +371,8 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
         payload={"action_id": str(record.pk), "reserved_micros": reserved, "observed": judgement.observed,
                  "idempotency_key": idempotency_key or ""},
     )
-    Agent.objects.filter(pk=agent.pk).exclude(last_seen_at__gt=now - dt.timedelta(seconds=30)).update(last_seen_at=now)
+    if me.last_seen_at is None or me.last_seen_at < now - dt.timedelta(seconds=30):
+        Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)
     return record
 
 

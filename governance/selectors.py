@@ -26,14 +26,18 @@ def policy_set_rows(number: int) -> list[PolicyRow]:
     return [PolicyRow(name, version, found[(name, version)]) for name, version in sorted(wanted)]
 
 
+def policy_set_for(number: int, published: str) -> CompiledPolicySet:
+    """The compiled set of a version the caller has just read (number, publish time)."""
+    return compiled(number, published, lambda: policy_set_rows(number))
+
+
 def active_policy_set() -> CompiledPolicySet:
     """The newest published set, compiled once per process and version.
 
     Reading the number is one indexed query per decision, so a publish
     reaches every web and worker process on its very next decision.
     """
-    number, published = current_policy_set()
-    return compiled(number, published, lambda: policy_set_rows(number))
+    return policy_set_for(*current_policy_set())
 
 
 def policy_list() -> QuerySet[Policy]:

@@ -131,7 +131,7 @@ TEMPLATES = [
 
 DATABASE_URL = envstr("DATABASE_URL", "postgres://postgres@127.0.0.1:54329/warden")
 DATABASES = {"default": database_from_url(DATABASE_URL)}
-DATABASES["default"]["CONN_MAX_AGE"] = envint("DB_CONN_MAX_AGE", 0)
+DATABASES["default"]["CONN_MAX_AGE"] = envint("DB_CONN_MAX_AGE", 60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", envint("DB_CONNECT_TIMEOUT", 5))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -240,6 +240,7 @@ WARDEN_TIMEZONE = TIME_ZONE
 WARDEN_DEMO_PASSWORD = envstr("WARDEN_DEMO_PASSWORD")
 WARDEN_API_MAX_BODY = envint("WARDEN_API_MAX_BODY", 64 * 1024)
 WARDEN_MAX_DELEGATION_DEPTH = envint("WARDEN_MAX_DELEGATION_DEPTH", 3)
+WARDEN_HTTP_THREADS = envint("WARDEN_HTTP_THREADS", 8)
 WARDEN_READINESS_TIMEOUT = envint("WARDEN_READINESS_TIMEOUT", 2)
 
 # --- logging: JSON in production, readable in development --------------------------

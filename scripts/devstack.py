@@ -350,6 +350,24 @@ def cmd_test(stack: Stack, args: list[str]) -> int:
         stack.down()
 
 
+def cmd_bench(stack: Stack) -> int:
+    """Benchmarks run in their own database, created fresh each time."""
+    env = stack.up()
+    try:
+        import psycopg
+
+        url = env["DATABASE_URL"]
+        admin_url = url.rsplit("/", 1)[0] + "/postgres"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS warden_bench WITH (FORCE)")
+            conn.execute("CREATE DATABASE warden_bench")
+        env["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/warden_bench"
+        env["DEBUG"] = "0"  # measure the production configuration
+        return subprocess.run([sys.executable, "-m", "benchmarks.run"], cwd=ROOT, env=env).returncode
+    finally:
+        stack.down()
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
@@ -370,6 +388,8 @@ def main(argv: list[str]) -> int:
         return cmd_run(stack)
     if command == "test":
         return cmd_test(stack, rest)
+    if command == "bench":
+        return cmd_bench(stack)
     if command == "manage":
         env = stack.up()
         try:

@@ -21,8 +21,9 @@ LAST_USED_RESOLUTION = dt.timedelta(seconds=30)
 INVALID = "Invalid, expired or revoked credential."
 
 
-def _touch(model, pk, now) -> None:
-    model.objects.filter(pk=pk).exclude(last_used_at__gt=now - LAST_USED_RESOLUTION).update(last_used_at=now)
+def _touch(credential, now) -> None:
+    if credential.last_used_at is None or credential.last_used_at <= now - LAST_USED_RESOLUTION:
+        type(credential).objects.filter(pk=credential.pk).update(last_used_at=now)
 
 
 def resolve_bearer(secret: str):
@@ -38,7 +39,7 @@ def resolve_bearer(secret: str):
             return None
         if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
             return None
-        _touch(AgentKey, key.pk, now)
+        _touch(key, now)
         return AgentPrincipal(key.agent, key), key
     token = ApiToken.objects.select_related("user").filter(lookup=lookup).first()
     if token is None or not credentials.matches(secret, token.digest):
@@ -47,7 +48,7 @@ def resolve_bearer(secret: str):
         return None
     if not token.user.is_active:
         return None
-    _touch(ApiToken, token.pk, now)
+    _touch(token, now)
     return token.user, token
 
 

@@ -1,0 +1,46 @@
+"""The whole in-process gate with concurrent callers on separate connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from django.db import connection
+from django.db.models import Count
+
+from benchmarks.policies import p
+from governance.gate import request_action
+from governance.models import Action
+
+
+def run(report, agents, *, threads: int = 8, calls: int = 300) -> dict:
+    report(f"== Gate in process: {threads} concurrent caller(s), separate connections ==")
+    samples: list[list[float]] = [[] for _ in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+
+    def caller(n: int) -> None:
+        agent = agents[n % len(agents)]
+        body = {"input_tokens": 800, "max_output_tokens": 200, "estimated_cost_micros": 1500}
+        for _ in range(20):  # warm this connection and the slice cache
+            request_action(agent=agent, action="llm.call", resource="model-01", context=body)
+        barrier.wait()
+        for i in range(calls):
+            start = time.perf_counter_ns()
+            request_action(agent=agent, action="llm.call", resource=f"model-{i % 40:02d}", context=body)
+            samples[n].append((time.perf_counter_ns() - start) / 1e6)
+        connection.close()
+
+    workers = [threading.Thread(target=caller, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    flat = [x for s in samples for x in s]
+    outcomes = dict(Action.objects.values_list("outcome").annotate(n=Count("id")))
+    report(f"{len(flat)} decisions in {elapsed:.2f} s = {len(flat) / elapsed:.0f}/s; "
+           f"latency p50 {p(flat, 50):.2f} ms, p99 {p(flat, 99):.2f} ms (identity, scopes, 2,004 policies, "
+           f"budget step, audit append, commit); outcomes recorded: {outcomes}")
+    return {"p50": p(flat, 50), "p99": p(flat, 99)}

@@ -1,0 +1,120 @@
+"""POST /api/v1/actions/ over HTTP with wrk, beside a bare authenticated DRF endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wrk(url: str, script: str, connections: int, seconds: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency", "-s", handle.name, url],
+        capture_output=True, text=True, timeout=seconds + 30,
+    ).stdout
+    os.unlink(handle.name)
+
+    def ms(label):
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        if not match:
+            return float("nan")
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50": ms("50"), "p99": ms("99"), "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def propagation(base: str, secret: str, body: str) -> str:
+    """Publish a forbid-all policy and time until the served decisions change, across workers."""
+    from governance.models import Policy
+    from governance.services import policy_create, policy_set_enabled
+    from django.contrib.auth import get_user_model
+
+    admin = get_user_model().objects.get(username="bench-admin")
+
+    def outcome() -> str:
+        request = urllib.request.Request(base + "/api/v1/actions/", data=body.encode(), method="POST",
+                                         headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())["outcome"]
+
+    before = outcome()
+    published = time.perf_counter()
+    policy_create(name="bench-stop-everything", body="forbid(principal, action, resource);", by=admin, reason="bench")
+    stale = 0
+    while outcome() != "denied":
+        stale += 1
+    elapsed = (time.perf_counter() - published) * 1000
+    later = [outcome() for _ in range(20)]  # every worker process must agree now
+    policy_set_enabled(policy=Policy.objects.get(name="bench-stop-everything"), enabled=False, by=admin, reason="bench")
+    return (f"policy change propagation: before {before}; first denial {elapsed:.0f} ms after publish "
+            f"(including compiling the 2,005-policy set), {stale} stale answers, next 20 answers across workers: "
+            f"{later.count('denied')}/20 denied")
+
+
+def run(report, secret: str, *, workers: int = 2, connections: int = 16, seconds: int = 10) -> dict:
+    report(f"== HTTP: {connections} concurrent clients (wrk), uvicorn with {workers} workers, 127.0.0.1 ==")
+    if shutil.which("wrk") is None:
+        report("wrk is not installed (make bench installs it): skipped")
+        return {}
+    port = _free_port()
+    env = dict(os.environ, WARDEN_LOG_LEVEL="WARNING")
+    log = open(ROOT / "var" / "bench-server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "governance.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
+        cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        header = f'wrk.headers["Authorization"] = "Bearer {secret}"\nwrk.headers["Content-Type"] = "application/json"\n'
+        bare = header + 'wrk.method = "GET"\n'
+        body = json.dumps({"action": "llm.call", "resource": "model-03",
+                           "context": {"input_tokens": 800, "max_output_tokens": 200, "estimated_cost_micros": 1500}})
+        gate = header + f"wrk.method = \"POST\"\nwrk.body = {json.dumps(body)}\n"
+        _wrk(base + "/api/v1/agents/me/", bare, connections, 2)  # warm up both paths
+        _wrk(base + "/api/v1/actions/", gate, connections, 2)
+        ceiling = _wrk(base + "/api/v1/agents/me/", bare, connections, seconds)
+        actions = _wrk(base + "/api/v1/actions/", gate, connections, seconds)
+        report(f"bare authenticated DRF endpoint (GET /api/v1/agents/me/): {ceiling['rps']:.0f} req/s, "
+               f"p50 {ceiling['p50']:.1f} ms, p99 {ceiling['p99']:.1f} ms, non-2xx {ceiling['non2xx']}")
+        report(f"POST /api/v1/actions/ (the gate):                     {actions['rps']:.0f} req/s, "
+               f"p50 {actions['p50']:.1f} ms, p99 {actions['p99']:.1f} ms, non-2xx {actions['non2xx']} "
+               f"= {actions['rps'] / ceiling['rps'] * 100:.0f}% of the bare endpoint")
+        report(propagation(base, secret, body))
+        return {"ceiling": ceiling, "actions": actions, "base": base}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
