@@ -498,3 +498,29 @@ def delegation_revoke(*, delegation: Delegation, by, reason: str = "") -> Delega
         payload={"children_invalidated": delegation.children.filter(revoked_at__isnull=True).count()},
     )
     return delegation
+
+
+def delegation_by_agent(*, agent: Agent, key, delegate_name: str, scopes, expires_at: dt.datetime,
+                        parent_id=None, max_depth: int | None = None, purpose: str = "", idempotency_key=None):
+    """An agent lends scopes to another agent: only through an allowed `agent.delegate` Action.
+
+    Returns (action, delegation or None). The gate judges first (identity,
+    scopes, policies, audit); only an allowed action creates the delegation,
+    and the action is completed with the outcome.
+    """
+    from governance.gate import complete_action, request_action
+
+    with transaction.atomic():
+        action = request_action(
+            agent=agent, key=key, action="agent.delegate", resource=delegate_name,
+            context={"scopes": sorted(set(scopes))}, on_behalf_of=parent_id, idempotency_key=idempotency_key,
+        )
+        if action.outcome != "allowed" or action.status != "decided":
+            return action, None
+        parent = Delegation.objects.get(pk=parent_id) if parent_id else None
+        delegation = delegation_create(
+            delegate=Agent.objects.get(name=delegate_name), by_agent=agent, parent=parent, scopes=scopes,
+            expires_at=expires_at, max_depth=max_depth, purpose=purpose,
+        )
+        action = complete_action(action=action, status="succeeded", cost_micros=0)
+    return action, delegation

@@ -147,8 +147,9 @@ class DelegationInput(serializers.Serializer):
 
 
 class AgentDelegationInput(DelegationInput):
-    delegate = serializers.UUIDField()
-    parent = serializers.UUIDField(required=False)
+    delegate = serializers.SlugField(max_length=64, help_text="Name of the agent that receives the scopes")
+    on_behalf_of = serializers.UUIDField(required=False, help_text="Pass on a delegation this agent received")
+    idempotency_key = serializers.CharField(max_length=128, required=False)
 
 
 class DelegationOutput(serializers.Serializer):

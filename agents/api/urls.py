@@ -14,5 +14,6 @@ urlpatterns = [
     path("agents/<uuid:agent_id>/keys/<uuid:key_id>/", views.AgentKeyDetailView.as_view(), name="api-agent-key"),
     path("agents/<uuid:agent_id>/keys/<uuid:key_id>/rotate/", views.AgentKeyRotateView.as_view(), name="api-agent-key-rotate"),
     path("agents/<uuid:agent_id>/delegations/", views.AgentDelegationListView.as_view(), name="api-agent-delegations"),
+    path("delegations/", views.AgentDelegateView.as_view(), name="api-delegations"),
     path("delegations/<uuid:delegation_id>/revoke/", views.DelegationRevokeView.as_view(), name="api-delegation-revoke"),
 ]

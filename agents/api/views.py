@@ -183,6 +183,26 @@ class DelegationRevokeView(CapabilityView):
         return Response(s.DelegationOutput(delegation).data)
 
 
+class AgentDelegateView(APIView):
+    """An agent lends some of its scopes to another agent, judged by the gate (agent.delegate)."""
+
+    permission_classes = [IsAgent]
+
+    @extend_schema(request=s.AgentDelegationInput, responses={201: s.DelegationOutput})
+    def post(self, request):
+        from governance.api.serializers import ActionOutput
+
+        data = _valid(s.AgentDelegationInput, request.data)
+        action, delegation = services.delegation_by_agent(
+            agent=request.user.agent, key=request.user.key, delegate_name=data["delegate"], scopes=data["scopes"],
+            expires_at=data["expires_at"], parent_id=data.get("on_behalf_of"), max_depth=data.get("max_depth"),
+            purpose=data["purpose"], idempotency_key=data.get("idempotency_key"),
+        )
+        body = {"action": ActionOutput(action).data,
+                "delegation": s.DelegationOutput(delegation).data if delegation is not None else None}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
 class AgentSelfView(APIView):
     """Who this agent key belongs to: lets an agent check its wiring."""
 

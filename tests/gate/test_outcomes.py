@@ -187,3 +187,40 @@ def test_a_policy_change_reaches_the_very_next_decision(bot, policy, personas):
 def test_no_policies_at_all_denies(bot):
     body = ask(bot).json()
     assert body["outcome"] == "denied" and body["reasons"] == ["no policy permits this action"]
+
+
+def test_an_agent_delegates_through_the_gate(make_agent, agent_client, policy):
+    from agents.models import Delegation
+
+    policy("all", PERMIT_ALL)
+    boss = make_agent("boss", role_names=["orchestrator"])
+    make_agent("helper")
+    client = agent_client(boss)
+    body = {"delegate": "helper", "scopes": ["llm.call"], "expires_in_hours": 1}
+    response = client.post("/api/v1/delegations/", body, format="json")
+    assert response.status_code == 201, response.json()
+    assert response.json()["action"]["outcome"] == "allowed"
+    delegation = Delegation.objects.get(pk=response.json()["delegation"]["id"])
+    assert (delegation.delegator_agent, delegation.delegate.name, delegation.scopes) == (boss, "helper", ["llm.call"])
+    action = Action.objects.get(pk=response.json()["action"]["id"])
+    assert (action.action, action.status) == ("agent.delegate", "succeeded")
+    # a scope the agent does not hold: denied by the gate, nothing created
+    wide = client.post("/api/v1/delegations/", {**body, "scopes": ["external.call"]}, format="json").json()
+    assert wide["action"]["outcome"] == "denied" and wide["delegation"] is None
+    assert "cannot delegate scopes it does not hold" in wide["action"]["reasons"][0]
+    # a policy can forbid delegation altogether
+    policy("no-delegation", 'forbid(principal, action == Action::"agent.delegate", resource);')
+    blocked = client.post("/api/v1/delegations/", body, format="json").json()
+    assert blocked["action"]["policies"] == ["no-delegation"] and blocked["delegation"] is None
+    assert Delegation.objects.count() == 1
+
+
+def test_an_agent_without_agent_delegate_cannot_delegate(bot, make_agent, policy):
+    from agents.models import Delegation
+
+    policy("all", PERMIT_ALL)
+    make_agent("helper")
+    response = bot.post("/api/v1/delegations/", {"delegate": "helper", "scopes": ["llm.call"], "expires_in_hours": 1}, format="json")
+    assert response.json()["action"]["outcome"] == "denied"
+    assert "scope agent.delegate is not granted" in response.json()["action"]["reasons"][0]
+    assert not Delegation.objects.exists()
