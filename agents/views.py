@@ -148,7 +148,11 @@ def key_issue(request, agent_id):
         )
     except Conflict as error:
         return _detail(request, agent, status=409, action_error=error.message)
-    # Rendered, not redirected: the secret is never stored, not even in the session.
+    return _show_secret(request, agent, key, secret)
+
+
+def _show_secret(request, agent, key, secret):
+    """Rendered, not redirected: the secret is never stored, not even in the session."""
     response = _detail(request, agent, new_key=key, new_secret=secret)
     response["Cache-Control"] = "no-store"
     return response
@@ -173,9 +177,7 @@ def key_rotate(request, agent_id, key_id):
         new_key, secret = services.agent_key_rotate(key=key, by=request.user)
     except Conflict as error:
         return _detail(request, agent, status=409, action_error=error.message)
-    response = _detail(request, agent, new_key=new_key, new_secret=secret)
-    response["Cache-Control"] = "no-store"
-    return response
+    return _show_secret(request, agent, new_key, secret)
 
 
 @require("agent.manage")
