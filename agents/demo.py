@@ -19,6 +19,19 @@ ROLES = {
     "orchestrator": ("Runs other agents", ["llm.call", "tool.call", "data.read", "agent.delegate"]),
     "integrator": ("Calls external APIs", ["llm.call", "external.call"]),
 }
+# (kind, name, $ per million input tokens, per million output tokens, per call) in micro-dollars
+PRICES = [
+    ("model", "gpt-4o-mini", 150_000, 600_000, 0),
+    ("model", "gpt-4o", 2_500_000, 10_000_000, 0),
+    ("model", "claude-haiku", 800_000, 4_000_000, 0),
+    ("model", "claude-sonnet", 3_000_000, 15_000_000, 0),
+    ("tool", "web-search", 0, 0, 5_000),
+    ("tool", "pdf-reader", 0, 0, 1_000),
+    ("tool", "planner", 0, 0, 0),
+    ("tool", "payments-api", 0, 0, 20_000),
+    ("tool", "ocr", 0, 0, 15_000),
+    ("endpoint", "api.stripe.com", 0, 0, 0),
+]
 FLEET = [
     ("paper-scout", "research", ["researcher"], "Finds and summarises new papers for the research team.",
      ["gpt-4o-mini", "claude-haiku"], ["web-search", "pdf-reader"], Clearance.INTERNAL),
@@ -45,6 +58,13 @@ def demo_fleet_ensure(*, owner_username: str = "admin") -> list[str]:
         if not Policy.objects.filter(name=name).exists():
             description, body = TEMPLATES[name]
             policy_create(name=name, body=body, description=description, by=owner, reason="demo starter policy")
+    from billing.models import Price
+    from billing.services import price_set
+
+    for kind, name, inp, out, call in PRICES:
+        if not Price.objects.filter(kind=kind, name=name).exists():
+            price_set(kind=kind, name=name, input_per_million_micros=inp, output_per_million_micros=out,
+                      per_call_micros=call, by=owner, note="demo price")
     created = []
     for name, team, roles, description, models, tools, clearance in FLEET:
         if Agent.objects.filter(name=name).exists():

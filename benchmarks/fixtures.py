@@ -39,6 +39,15 @@ def build_fleet(agent_count: int, policy_count: int) -> tuple[list[Agent], list[
         _, secret = agent_services.agent_key_issue(agent=agent, by=admin)
         agents.append(agent)
         secrets.append(secret)
+    from django.utils import timezone
+
+    from billing.models import Price
+
+    Price.objects.bulk_create([
+        Price(kind="model", name=f"model-{n:02d}", input_per_million_micros=1_000_000, output_per_million_micros=2_000_000,
+              effective_from=timezone.now(), created_by=admin)
+        for n in range(40)
+    ])
     # Publish the whole set as one version (bulk: 2,000 publishes would only slow set-up).
     rows = [(name, TEMPLATES[name][1]) for name in ("baseline-permit", "expensive-calls-need-finance",
                                                      "confidential-data-needs-clearance", "no-deep-delegation")]

@@ -252,6 +252,7 @@ def _replay(existing: Action, digest: str) -> Action:
 @transaction.atomic
 def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idempotency_key, digest) -> Action:
     now = timezone.now()
+    action_id = uuid.uuid4()
     # 1. Identity: the newest committed state, read inside this transaction.
     me = _snapshot(agent.pk)
     target = _resource_entity(action, resource, cleaned)  # an unknown resource cannot be judged
@@ -296,7 +297,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
                 judgement = _deny(f"cannot delegate scopes it does not hold: {', '.join(sorted(widened))}")
 
     # 3. Policies.
-    estimate = billing.estimate_cost(action=action, resource=resource, cleaned=cleaned)
+    estimate = billing.estimate_cost(action=action, resource=resource, cleaned=cleaned, at=now)
     local = _local_now()
     cedar_context = {
         "estimated_cost_micros": estimate.micros,
@@ -330,7 +331,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
         if estimate.problem:
             judgement = _deny(estimate.problem)
         else:
-            reservation = billing.reserve(agent=agent, micros=estimate.micros)
+            reservation = billing.reserve(agent=agent, action_id=action_id, micros=estimate.micros, at=now)
             if reservation.outcome != ActionOutcome.ALLOWED:
                 judgement = Judgement(reservation.outcome, reservation.reasons, judgement.policies,
                                       reservation.escalate_to, judgement.observed)
@@ -338,7 +339,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
                 reserved = reservation.micros
 
     fields = {
-        "id": uuid.uuid4(), "agent_id": agent.pk, "key_id": key.pk if key is not None else None,
+        "id": action_id, "agent_id": agent.pk, "key_id": key.pk if key is not None else None,
         "delegation_id": delegation.pk if delegation is not None else None, "action": action, "resource": resource,
         "context": context, "cedar_context": cedar_context, "cedar_entities": entities,
         "idempotency_key": idempotency_key or None, "request_digest": digest, "outcome": judgement.outcome,
@@ -395,12 +396,12 @@ def complete_action(*, action: Action, status: str, usage: dict | None = None, c
     if record.status == ActionStatus.EXPIRED:
         raise Conflict("The reservation of this action expired; ask the gate again.", code="expired")
     actual = billing.actual_cost(action=record, status=status, usage=usage, cost_micros=cost_micros)
-    settlement = billing.settle(action=record, actual_micros=actual)
     record.status = status
     record.usage = report
     record.actual_cost_micros = actual
     record.completed_at = timezone.now()
     record.save(update_fields=["status", "usage", "actual_cost_micros", "completed_at"])
+    settlement = billing.settle(action=record, actual_micros=actual)
     audit_record(
         action="gate.complete",
         actor=record.agent,

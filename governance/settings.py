@@ -165,7 +165,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = envstr("WARDEN_TIMEZONE", "UTC")
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    "release-stale-reservations": {"task": "billing.reservations_sweep", "schedule": 60.0},
+}
 
 # --- security -----------------------------------------------------------------
 
@@ -240,6 +242,15 @@ WARDEN_TIMEZONE = TIME_ZONE
 WARDEN_DEMO_PASSWORD = envstr("WARDEN_DEMO_PASSWORD")
 WARDEN_API_MAX_BODY = envint("WARDEN_API_MAX_BODY", 64 * 1024)
 WARDEN_MAX_DELEGATION_DEPTH = envint("WARDEN_MAX_DELEGATION_DEPTH", 3)
+WARDEN_RESERVATION_TIMEOUT = envint("WARDEN_RESERVATION_TIMEOUT", 900)  # seconds before the sweep releases
+WARDEN_SPIKE_FACTOR = envint("WARDEN_SPIKE_FACTOR", 4)
+WARDEN_SPIKE_MIN_MICROS = envint("WARDEN_SPIKE_MIN_MICROS", 1_000_000)
+WARDEN_ALERT_WEBHOOK_URL = envstr("WARDEN_ALERT_WEBHOOK_URL")
+WARDEN_ALERT_WEBHOOK_SECRET = envstr("WARDEN_ALERT_WEBHOOK_SECRET")
+EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 25)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "warden@localhost")
 WARDEN_HTTP_THREADS = envint("WARDEN_HTTP_THREADS", 8)
 WARDEN_READINESS_TIMEOUT = envint("WARDEN_READINESS_TIMEOUT", 2)
 

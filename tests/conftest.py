@@ -133,8 +133,18 @@ def policy(personas):
 
 
 @pytest.fixture
-def bot(make_agent, agent_client):
-    """An active agent with the researcher role, two allowed models and a key."""
+def prices(personas):
+    """gpt-4o-mini $0.15/$0.60, gpt-4o $2.50/$10 per million tokens; tool search $0.01 a call."""
+    from billing.services import price_set
+
+    price_set(kind="model", name="gpt-4o-mini", input_per_million_micros=150_000, output_per_million_micros=600_000, by=personas["finance"])
+    price_set(kind="model", name="gpt-4o", input_per_million_micros=2_500_000, output_per_million_micros=10_000_000, by=personas["finance"])
+    price_set(kind="tool", name="search", per_call_micros=10_000, by=personas["finance"])
+
+
+@pytest.fixture
+def bot(make_agent, agent_client, prices):
+    """An active agent with the researcher role, two priced models, a priced tool and a key."""
     agent = make_agent("bot", allowed_models=["gpt-4o-mini", "gpt-4o"], allowed_tools=["search"])
     client = agent_client(agent)
     client.agent = agent
