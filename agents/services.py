@@ -34,7 +34,7 @@ TRANSITIONS = {
 
 
 def _locked(agent: Agent) -> Agent:
-    return Agent.objects.select_for_update().select_related("team").get(pk=agent.pk)
+    return Agent.objects.select_for_update(of=("self",)).select_related("team").get(pk=agent.pk)
 
 
 def _check_lists(*, allowed_models, allowed_tools) -> None:
@@ -271,7 +271,7 @@ def agent_key_issue(*, agent: Agent, by, name: str = "", expires_at: dt.datetime
 
 @transaction.atomic
 def agent_key_revoke(*, key: AgentKey, by, reason: str = "") -> AgentKey:
-    key = AgentKey.objects.select_for_update().select_related("agent__team").get(pk=key.pk)
+    key = AgentKey.objects.select_for_update(of=("self",)).select_related("agent__team").get(pk=key.pk)
     if key.revoked_at is not None:
         return key  # revoking twice changes nothing
     key.revoked_at = timezone.now()
@@ -294,7 +294,7 @@ def agent_key_rotate(*, key: AgentKey, by, grace_seconds: int = 0) -> tuple[Agen
     """A new key for the same agent; the old one stops now or after a grace period."""
     if not 0 <= grace_seconds <= 7 * 24 * 3600:
         raise ValidationError({"grace_seconds": "Between 0 and 604800 (7 days)."})
-    old = AgentKey.objects.select_for_update().select_related("agent").get(pk=key.pk)
+    old = AgentKey.objects.select_for_update(of=("self",)).select_related("agent").get(pk=key.pk)
     if old.revoked_at is not None:
         raise Conflict("A revoked key cannot be rotated; issue a new key instead.", code="key_revoked")
     new_key, secret = agent_key_issue(agent=old.agent, by=by, name=old.name, expires_at=old.expires_at if (
@@ -417,7 +417,7 @@ def delegation_create(
         raise Conflict(f"Agent {delegate.name} is {delegate.status}; only an active agent can receive a delegation.")
 
     if parent is not None:
-        parent = Delegation.objects.select_for_update().select_related("delegate").get(pk=parent.pk)
+        parent = Delegation.objects.select_for_update(of=("self",)).select_related("delegate").get(pk=parent.pk)
         if by_agent is None or parent.delegate_id != by_agent.pk:
             raise ValidationError({"parent": "Only the agent that received a delegation can pass it on."})
         problem = delegation_problem(parent, at=now)
@@ -482,7 +482,7 @@ def delegation_create(
 
 @transaction.atomic
 def delegation_revoke(*, delegation: Delegation, by, reason: str = "") -> Delegation:
-    delegation = Delegation.objects.select_for_update().select_related("delegate__team").get(pk=delegation.pk)
+    delegation = Delegation.objects.select_for_update(of=("self",)).select_related("delegate__team").get(pk=delegation.pk)
     if delegation.revoked_at is not None:
         return delegation
     delegation.revoked_at = timezone.now()

@@ -52,7 +52,10 @@ def money(value, name: str, *, maximum: int = MAX_MICROS) -> int:
 
 
 def dollars(micros: int) -> str:
-    return f"${micros / 1_000_000:,.2f}" if micros >= 10_000 else f"${micros / 1_000_000:,.6f}"
+    """Exact: $1,234.50, $0.00075 (never rounded away; amounts are whole micro-dollars)."""
+    whole, fraction = divmod(int(micros), 1_000_000)
+    digits = f"{fraction:06d}".rstrip("0")
+    return f"${whole:,}.{digits.ljust(2, '0')}"
 
 
 def period_start(at: dt.datetime | None = None) -> dt.date:
@@ -322,6 +325,8 @@ def budget_create(*, scope: str, monthly_limit_micros: int, by, team=None, agent
         raise ValidationError({"scope": f"One of {', '.join(BudgetScope.values)}."})
     if (scope == BudgetScope.TEAM) != (team is not None) or (scope == BudgetScope.AGENT) != (agent is not None):
         raise ValidationError({"scope": "A team budget names a team, an agent budget an agent, the organisation's neither."})
+    if agent is not None:
+        agent = type(agent).objects.get(pk=agent.pk)  # the current status, not the caller's copy
     if agent is not None and agent.status == AgentStatus.RETIRED:
         raise ValidationError({"agent": "A retired agent cannot get a budget."})
     if on_exceed not in OnExceed.values:
@@ -343,7 +348,7 @@ def budget_create(*, scope: str, monthly_limit_micros: int, by, team=None, agent
 @transaction.atomic
 def budget_update(*, budget: Budget, by, monthly_limit_micros: int | None = None, thresholds=None,
                   on_exceed: str | None = None, active: bool | None = None) -> Budget:
-    budget = Budget.objects.select_for_update().select_related("team", "agent").get(pk=budget.pk)
+    budget = Budget.objects.select_for_update(of=("self",)).select_related("team", "agent").get(pk=budget.pk)
     changes = {}
     if monthly_limit_micros is not None:
         changes["monthly_limit_micros"] = money(monthly_limit_micros, "monthly_limit_micros")

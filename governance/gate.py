@@ -385,7 +385,7 @@ def complete_action(*, action: Action, status: str, usage: dict | None = None, c
     """Record what happened; settle the reservation. Idempotent for the same report."""
     if status not in COMPLETION_STATUSES:
         raise ValidationError({"status": "Either succeeded or failed."})
-    record = Action.objects.select_for_update().select_related("agent__team").get(pk=action.pk)
+    record = Action.objects.select_for_update(of=("self",)).select_related("agent__team").get(pk=action.pk)
     report = {"status": status, "usage": usage, "cost_micros": cost_micros}
     if record.status in COMPLETION_STATUSES:
         if record.usage == report:

@@ -130,7 +130,7 @@ def role_update(*, role: Role, by, scopes=None, description: str | None = None) 
 def role_grant(*, agent, role: Role, by, expires_at: dt.datetime | None = None) -> RoleGrant:
     from agents.models import Agent, AgentStatus
 
-    agent = Agent.objects.select_for_update().select_related("team").get(pk=agent.pk)
+    agent = Agent.objects.select_for_update(of=("self",)).select_related("team").get(pk=agent.pk)
     if agent.status == AgentStatus.RETIRED:
         raise Conflict("A retired agent cannot be granted roles.", code="agent_retired")
     if expires_at is not None and expires_at <= timezone.now():
@@ -152,7 +152,7 @@ def role_grant(*, agent, role: Role, by, expires_at: dt.datetime | None = None) 
 
 @transaction.atomic
 def role_revoke(*, grant: RoleGrant, by) -> RoleGrant:
-    grant = RoleGrant.objects.select_for_update().select_related("agent__team", "role").get(pk=grant.pk)
+    grant = RoleGrant.objects.select_for_update(of=("self",)).select_related("agent__team", "role").get(pk=grant.pk)
     if grant.revoked_at is None:
         grant.revoked_at = timezone.now()
         grant.revoked_by = by

@@ -86,7 +86,7 @@ def roles(db):
     made = {}
     for name, scopes in {
         "llm-user": ["llm.call"],
-        "researcher": ["llm.call", "tool.http", "data.read"],
+        "researcher": ["llm.call", "tool.call", "tool.http", "data.read"],
         "orchestrator": ["llm.call", "tool.http", "data.read", "agent.delegate"],
     }.items():
         made[name] = Role.objects.update_or_create(name=name, defaults={"scopes": scopes})[0]
