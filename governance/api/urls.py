@@ -23,4 +23,5 @@ urlpatterns = [
     path("agents/<uuid:agent_id>/roles/", views.AgentGrantListView.as_view(), name="api-agent-grants"),
     path("agents/<uuid:agent_id>/roles/<int:grant_id>/", views.AgentGrantDetailView.as_view(), name="api-agent-grant"),
     path("", include("agents.api.urls")),
+    path("", include("billing.api.urls")),
 ]

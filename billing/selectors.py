@@ -1,0 +1,122 @@
+"""Reads of the money side: budgets with their month, spend, forecast, ledger export."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db.models import Count, F, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from governance.access import can
+
+from .models import Budget, BudgetPeriod, LedgerEntry, Notification, Price
+from .services import period_start
+
+GROUPS = {"agent": "agent_name", "team": "team", "model": "resource", "day": "day"}
+
+
+def parse_month(value: str | None) -> dt.date:
+    """'2026-11' -> date(2026, 11, 1); None -> this month. ValueError for anything else."""
+    if not value:
+        return period_start()
+    year, month = value.split("-")
+    if len(year) != 4 or len(month) != 2:
+        raise ValueError("Give the month as YYYY-MM.")
+    return dt.date(int(year), int(month), 1)
+
+
+@dataclass
+class BudgetLine:
+    budget: Budget
+    spent: int
+    reserved: int
+
+    @property
+    def limit(self) -> int:
+        return self.budget.monthly_limit_micros
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.spent - self.reserved)
+
+    @property
+    def spent_pct(self) -> float:
+        return min(100.0, self.spent * 100 / self.limit) if self.limit else 100.0
+
+    @property
+    def reserved_pct(self) -> float:
+        return min(100.0 - self.spent_pct, self.reserved * 100 / self.limit) if self.limit else 0.0
+
+
+def budget_lines(*, user, month: dt.date) -> list[BudgetLine]:
+    if not can(user, "budget.view"):
+        return []
+    periods = {p.budget_id: p for p in BudgetPeriod.objects.filter(period_start=month)}
+    lines = []
+    for budget in Budget.objects.select_related("team", "agent").order_by("scope", "team__name", "agent__name"):
+        period = periods.get(budget.pk)
+        lines.append(BudgetLine(budget, period.spent_micros if period else 0, period.reserved_micros if period else 0))
+    return lines
+
+
+def ledger(*, user, month: dt.date):
+    if not can(user, "budget.view"):
+        return LedgerEntry.objects.none()
+    return LedgerEntry.objects.filter(period_start=month)
+
+
+def spend(*, user, month: dt.date, group_by: str) -> list[dict]:
+    """Spend of a month grouped by agent, team, model (or tool) or day, largest first (days in order)."""
+    entries = ledger(user=user, month=month)
+    if group_by == "day":
+        tz = zoneinfo.ZoneInfo(settings.WARDEN_TIMEZONE)
+        entries = entries.annotate(day=TruncDate("occurred_at", tzinfo=tz))
+    rows = (
+        entries.values(key=F(GROUPS[group_by]))
+        .annotate(cost_micros=Sum("cost_micros"), actions=Count("id"), input_tokens=Sum("input_tokens"),
+                  output_tokens=Sum("output_tokens"), overage_micros=Sum("overage_micros"))
+        .order_by("key" if group_by == "day" else "-cost_micros")
+    )
+    return [{**row, "key": row["key"].isoformat() if group_by == "day" else row["key"]} for row in rows]
+
+
+def forecast(*, total: int, month: dt.date, daily: list[dict], now: dt.datetime | None = None) -> int:
+    """Month-end spend at the current burn rate (the last 7 days' average, or the month's so far)."""
+    now = (now or timezone.now()).astimezone(zoneinfo.ZoneInfo(settings.WARDEN_TIMEZONE))
+    days_in_month = calendar.monthrange(month.year, month.month)[1]
+    if (now.year, now.month) != (month.year, month.month):
+        return total if now.date() > month else 0
+    elapsed = now.day
+    recent = [row for row in daily if dt.date.fromisoformat(row["key"]) > now.date() - dt.timedelta(days=7)]
+    window = min(7, elapsed)
+    rate = sum(row["cost_micros"] for row in recent) / window if window else 0
+    return int(total + rate * (days_in_month - elapsed))
+
+
+def summary(*, user, month: dt.date) -> dict:
+    daily = spend(user=user, month=month, group_by="day")
+    total = sum(row["cost_micros"] for row in daily)
+    return {
+        "month": month.strftime("%Y-%m"),
+        "total_micros": total,
+        "forecast_micros": forecast(total=total, month=month, daily=daily),
+        "daily": daily,
+    }
+
+
+def current_prices() -> list[Price]:
+    now = timezone.now()
+    return list(
+        Price.objects.filter(effective_from__lte=now).order_by("kind", "name", "-effective_from").distinct("kind", "name")
+    )
+
+
+def notifications(*, user, limit: int = 20):
+    if not can(user, "budget.view"):
+        return Notification.objects.none()
+    return Notification.objects.select_related("budget__team", "budget__agent", "agent")[:limit]

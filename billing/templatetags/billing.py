@@ -1,0 +1,20 @@
+from django import template
+
+from billing.services import dollars
+
+register = template.Library()
+
+
+@register.filter
+def usd(micros) -> str:
+    return dollars(micros or 0)
+
+
+@register.filter
+def multiply(value, factor):
+    return int(value) * int(factor)
+
+
+@register.filter
+def subtract_from(value, total):
+    return float(total) - float(value)

@@ -1,0 +1,128 @@
+import csv
+import io
+
+import pytest
+
+from billing.models import Budget, Price
+from tests.conftest import ask
+
+PERMIT_ALL = "permit(principal, action, resource);"
+
+
+def test_finance_sets_a_budget_over_the_api_and_watches_it_fill(api_for, bot, policy):
+    policy("all", PERMIT_ALL)
+    finance = api_for("finance")
+    response = finance.post("/api/v1/budgets/", {"scope": "team", "team": "research", "monthly_limit_micros": 5_000_000,
+                                                  "thresholds": [50, 90], "on_exceed": "escalate"}, format="json")
+    assert response.status_code == 201, response.json()
+    budget_id = response.json()["id"]
+    action_id = ask(bot, context={"input_tokens": 1000, "max_output_tokens": 1000}).json()["id"]
+    line = next(b for b in finance.get("/api/v1/budgets/").json() if b["id"] == budget_id)
+    assert (line["reserved_micros"], line["spent_micros"], line["remaining_micros"]) == (750, 0, 4_999_250)
+    bot.post(f"/api/v1/actions/{action_id}/complete/", {"status": "succeeded", "cost": 500}, format="json")
+    line = next(b for b in finance.get("/api/v1/budgets/").json() if b["id"] == budget_id)
+    assert (line["reserved_micros"], line["spent_micros"]) == (0, 500)
+    patched = finance.patch(f"/api/v1/budgets/{budget_id}/", {"monthly_limit_micros": 6_000_000}, format="json")
+    assert patched.json()["monthly_limit_micros"] == 6_000_000
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"scope": "team", "team": "research", "monthly_limit_micros": 12.5}, "monthly_limit_micros"),
+        ({"scope": "team", "team": "research", "monthly_limit_micros": "1000"}, "monthly_limit_micros"),
+        ({"scope": "team", "team": "nope", "monthly_limit_micros": 1000}, "team"),
+        ({"scope": "team", "monthly_limit_micros": 1000}, "scope"),
+        ({"scope": "galaxy", "monthly_limit_micros": 1000}, "scope"),
+        ({"scope": "organisation", "monthly_limit_micros": -5}, "monthly_limit_micros"),
+        ({"scope": "organisation", "monthly_limit_micros": 1000, "thresholds": [90, 10]}, "thresholds"),
+    ],
+)
+def test_bad_budgets_over_the_api_are_400_and_change_nothing(api_for, team, body, field):
+    response = api_for("finance").post("/api/v1/budgets/", body, format="json")
+    assert response.status_code == 400
+    assert field in response.json()["errors"], response.json()
+    assert not Budget.objects.exists()
+
+
+@pytest.mark.parametrize("persona,read,write", [("finance", 200, 201), ("admin", 200, 403), ("viewer", 200, 403), ("security", 403, 403)])
+def test_budget_and_price_permissions(api_for, persona, read, write):
+    client = api_for(persona)
+    assert client.get("/api/v1/budgets/").status_code == read
+    assert client.get("/api/v1/spend/").status_code == read
+    assert client.post("/api/v1/budgets/", {"scope": "organisation", "monthly_limit_micros": 1000}, format="json").status_code == write
+    assert client.post("/api/v1/prices/", {"kind": "model", "name": "m", "input_per_million_micros": 5}, format="json").status_code == write
+
+
+def test_prices_over_the_api_refuse_floats_and_negatives(api_for):
+    client = api_for("finance")
+    assert client.post("/api/v1/prices/", {"kind": "model", "name": "m", "input_per_million_micros": 0.5}, format="json").status_code == 400
+    assert client.post("/api/v1/prices/", {"kind": "model", "name": "m", "input_per_million_micros": -1}, format="json").status_code == 400
+    ok = client.post("/api/v1/prices/", {"kind": "model", "name": "m", "input_per_million_micros": 3_000_000}, format="json")
+    assert ok.status_code == 201
+    assert [p["name"] for p in client.get("/api/v1/prices/").json()] == ["m"]
+    assert Price.objects.count() == 1
+
+
+def test_spend_by_agent_team_model_and_day_with_forecast_and_csv(api_for, bot, policy):
+    policy("all", PERMIT_ALL)
+    for resource, cost in (("gpt-4o-mini", 300), ("gpt-4o", 700), ("gpt-4o-mini", 100)):
+        action_id = ask(bot, resource=resource).json()["id"]
+        bot.post(f"/api/v1/actions/{action_id}/complete/", {"status": "succeeded", "cost": cost}, format="json")
+    client = api_for("finance")
+    by_model = client.get("/api/v1/spend/?group_by=model").json()
+    assert by_model["total_micros"] == 1100
+    assert [(g["key"], g["cost_micros"], g["actions"]) for g in by_model["groups"]] == [("gpt-4o", 700, 1), ("gpt-4o-mini", 400, 2)]
+    assert by_model["forecast_micros"] >= 1100
+    assert client.get("/api/v1/spend/?group_by=agent").json()["groups"][0]["key"] == "bot"
+    assert client.get("/api/v1/spend/?group_by=team").json()["groups"][0]["key"] == "research"
+    days = client.get("/api/v1/spend/?group_by=day").json()["groups"]
+    assert len(days) == 1 and days[0]["cost_micros"] == 1100
+    assert client.get("/api/v1/spend/?group_by=planet").status_code == 400
+    assert client.get("/api/v1/spend/?month=2026-13").status_code == 400
+    assert client.get("/api/v1/spend/?month=nope").status_code == 400
+    export = client.get("/api/v1/spend/export/")
+    assert export.status_code == 200 and export["Content-Type"] == "text/csv"
+    rows = list(csv.reader(io.StringIO(b"".join(export.streaming_content).decode())))
+    assert rows[0][:3] == ["occurred_at", "agent_name", "team"] and len(rows) == 4
+    assert sorted(int(r[7]) for r in rows[1:]) == [100, 300, 700]
+
+
+def test_the_forecast_follows_the_burn_rate():
+    import datetime as dt
+
+    from billing.selectors import forecast
+
+    month = dt.date(2026, 11, 1)
+    daily = [{"key": f"2026-11-{d:02d}", "cost_micros": 1_000_000} for d in range(4, 11)]  # $1/day for 7 days
+    now = dt.datetime(2026, 11, 10, 12, tzinfo=dt.timezone.utc)
+    assert forecast(total=7_000_000, month=month, daily=daily, now=now) == 7_000_000 + 20 * 1_000_000
+    assert forecast(total=7_000_000, month=dt.date(2026, 10, 1), daily=[], now=now) == 7_000_000  # a past month is final
+
+
+def test_finance_sets_budgets_and_prices_in_the_browser_forms(client_for, team, make_agent):
+    client = client_for("finance")
+    response = client.post("/budgets/", {"scope": "team", "team": "research", "monthly_limit": "12.50",
+                                         "thresholds": "50, 80, 100", "on_exceed": "deny"})
+    assert response.status_code == 302
+    assert Budget.objects.get().monthly_limit_micros == 12_500_000
+    bad = client.post("/budgets/", {"scope": "team", "team": "research", "monthly_limit": "1.1234567", "thresholds": "80, 50", "on_exceed": "deny"})
+    assert bad.status_code == 400 and Budget.objects.count() == 1
+    dup = client.post("/budgets/", {"scope": "team", "team": "research", "monthly_limit": "1", "thresholds": "", "on_exceed": "deny"})
+    assert dup.status_code == 400 and b"already has a budget" in dup.content
+    page = client.get("/budgets/").content.decode()
+    assert "team research" in page and "$12.50" in page
+    assert client.post("/budgets/prices/", {"kind": "model", "name": "gpt-x", "input_per_million": "2.5", "output_per_million": "10"}).status_code == 302
+    assert Price.objects.get(name="gpt-x").input_per_million_micros == 2_500_000
+    assert client.post("/budgets/prices/", {"kind": "model", "name": "", "input_per_million": "-1"}).status_code == 400
+    assert client.get("/budgets/spend/").status_code == 200
+
+
+@pytest.mark.parametrize("persona", ["admin", "viewer"])
+def test_only_finance_changes_money(client_for, team, persona):
+    client = client_for(persona)
+    assert client.get("/budgets/").status_code == 200
+    assert b"Set a budget" not in client.get("/budgets/").content
+    assert client.post("/budgets/", {"scope": "organisation", "monthly_limit": "1", "on_exceed": "deny"}).status_code == 403
+    assert client.post("/budgets/prices/", {"kind": "model", "name": "x"}).status_code == 403
+    assert not Budget.objects.exists() and not Price.objects.exists()
