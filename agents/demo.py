@@ -32,6 +32,12 @@ PRICES = [
     ("tool", "ocr", 0, 0, 15_000),
     ("endpoint", "api.stripe.com", 0, 0, 0),
 ]
+# (scope, team, monthly limit in micro-dollars, over the limit)
+BUDGETS = [
+    ("organisation", None, 500_000_000, "deny"),
+    ("team", "research", 100_000_000, "escalate"),
+    ("team", "support", 50_000_000, "deny"),
+]
 FLEET = [
     ("paper-scout", "research", ["researcher"], "Finds and summarises new papers for the research team.",
      ["gpt-4o-mini", "claude-haiku"], ["web-search", "pdf-reader"], Clearance.INTERNAL),
@@ -65,6 +71,13 @@ def demo_fleet_ensure(*, owner_username: str = "admin") -> list[str]:
         if not Price.objects.filter(kind=kind, name=name).exists():
             price_set(kind=kind, name=name, input_per_million_micros=inp, output_per_million_micros=out,
                       per_call_micros=call, by=owner, note="demo price")
+    from billing.models import Budget
+    from billing.services import budget_create
+
+    for scope, team_name, limit, on_exceed in BUDGETS:
+        team = Team.objects.get(name=team_name) if team_name else None
+        if not Budget.objects.filter(scope=scope, team=team).exists():
+            budget_create(scope=scope, team=team, monthly_limit_micros=limit, on_exceed=on_exceed, by=owner)
     created = []
     for name, team, roles, description, models, tools, clearance in FLEET:
         if Agent.objects.filter(name=name).exists():

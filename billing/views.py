@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 
 from django.contrib import messages
@@ -85,11 +86,16 @@ def spend(request):
     by_model = selectors.spend(user=request.user, month=month, group_by="model")
     top = selectors.spend(user=request.user, month=month, group_by="agent")[:10]
     teams = selectors.spend(user=request.user, month=month, group_by="team")
-    peak = max([row["cost_micros"] for row in summary["daily"]] or [1]) or 1
+    by_day = {row["key"]: row for row in summary["daily"]}
+    days = calendar.monthrange(month.year, month.month)[1]
+    series = [by_day.get(f"{month:%Y-%m}-{d:02d}", {"key": f"{month:%Y-%m}-{d:02d}", "cost_micros": 0, "actions": 0})
+              for d in range(1, days + 1)]
+    peak = max([row["cost_micros"] for row in series] or [1]) or 1
     model_peak = max([row["cost_micros"] for row in by_model] or [1]) or 1
     return render(request, "billing/spend.html", {
         "month": month, "previous": previous, "following": following, "summary": summary,
-        "daily": [{**row, "height": row["cost_micros"] * 100 / peak} for row in summary["daily"]],
+        "daily": [{**row, "height": row["cost_micros"] * 100 / peak} for row in series],
+        "has_spend": bool(summary["daily"]),
         "by_model": [{**row, "width": row["cost_micros"] * 100 / model_peak} for row in by_model],
         "top": top, "teams": teams,
     })
