@@ -18,7 +18,7 @@ def main() -> int:
     import django
 
     django.setup()
-    from benchmarks import fixtures, gate, http, policies
+    from benchmarks import budget, fixtures, gate, http, policies
 
     def report(line: str) -> None:
         print(line, flush=True)
@@ -30,6 +30,7 @@ def main() -> int:
     gate.run(report, agents, threads=1, calls=400)
     gate.run(report, agents, threads=8, calls=300)
     http.run(report, secrets[3])
+    budget.run(report, agents)
     report(f"(bench took {time.perf_counter() - started:.0f} s)")
     return 0 if ok else 1
 
