@@ -162,6 +162,7 @@ class Snapshot:
     team: str
     grants: list  # [[role, scopes, expires_at iso | None], ...]
     policy_set: tuple[int, str]  # (number, published) of the newest policy set
+    budgets: int  # active budgets covering the agent
 
 
 SNAPSHOT_SQL = """
@@ -170,7 +171,9 @@ SELECT a.name, a.status, a.status_reason, a.clearance, a.allowed_models, a.allow
        COALESCE((SELECT json_agg(json_build_array(r.name, r.scopes, g.expires_at))
                  FROM governance_rolegrant g JOIN governance_role r ON r.id = g.role_id
                  WHERE g.agent_id = a.id AND g.revoked_at IS NULL), '[]'::json),
-       (SELECT json_build_array(number, created_at) FROM governance_policysetversion ORDER BY number DESC LIMIT 1)
+       (SELECT json_build_array(number, created_at) FROM governance_policysetversion ORDER BY number DESC LIMIT 1),
+       (SELECT count(*) FROM billing_budget b WHERE b.active AND (b.scope = 'organisation'
+            OR (b.scope = 'team' AND b.team_id = a.team_id) OR (b.scope = 'agent' AND b.agent_id = a.id)))
 FROM agents_agent a JOIN {users} u ON u.id = a.owner_id JOIN agents_team t ON t.id = a.team_id
 WHERE a.id = %s
 """
@@ -187,9 +190,9 @@ def _snapshot(agent_id) -> Snapshot:
         row = cursor.fetchone()
     if row is None:
         raise Agent.DoesNotExist
-    *fields, grants, policy_set = row
+    *fields, grants, policy_set, budgets = row
     policy_set = (int(policy_set[0]), dt.datetime.fromisoformat(policy_set[1]).isoformat()) if policy_set else (0, "")
-    return Snapshot(*fields, grants=grants, policy_set=policy_set)
+    return Snapshot(*fields, grants=grants, policy_set=policy_set, budgets=budgets)
 
 
 def _local_now() -> dt.datetime:
@@ -331,7 +334,8 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
         if estimate.problem:
             judgement = _deny(estimate.problem)
         else:
-            reservation = billing.reserve(agent=agent, action_id=action_id, micros=estimate.micros, at=now)
+            reservation = billing.reserve(agent=agent, action_id=action_id, micros=estimate.micros, at=now,
+                                          covering=me.budgets)
             if reservation.outcome != ActionOutcome.ALLOWED:
                 judgement = Judgement(reservation.outcome, reservation.reasons, judgement.policies,
                                       reservation.escalate_to, judgement.observed)
