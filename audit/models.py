@@ -51,3 +51,18 @@ class AuditEvent(models.Model):
             models.Index(fields=["correlation_id"], name="audit_correlation_idx"),
             models.Index(fields=["action", "-occurred_at"], name="audit_action_time_idx"),
         ]
+
+
+class Checkpoint(models.Model):
+    """A signed snapshot of every chain head, so cutting a chain's tail is detectable.
+
+    Written at least every minute by beat; append-only like the events.
+    """
+
+    created_at = models.DateTimeField()
+    heads = models.JSONField()  # {chain: [seq, hash]}
+    events = models.BigIntegerField()  # total events covered
+    signature = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["-created_at"]

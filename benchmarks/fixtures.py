@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.db import connection
 
 from agents import services as agent_services
 from agents.models import Agent, Team
@@ -15,11 +14,8 @@ from governance.scopes import SCOPES
 
 
 def reset_database() -> None:
+    """The bench database is created empty for each run (scripts/devstack.py bench)."""
     call_command("migrate", verbosity=0)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'django_migrations'")
-        tables = [row[0] for row in cursor.fetchall()]
-        cursor.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
 
 
 def build_fleet(agent_count: int, policy_count: int) -> tuple[list[Agent], list[str]]:

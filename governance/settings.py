@@ -167,6 +167,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = envstr("WARDEN_TIMEZONE", "UTC")
 CELERY_BEAT_SCHEDULE: dict = {
     "release-stale-reservations": {"task": "billing.reservations_sweep", "schedule": 60.0},
+    "sign-audit-chain-heads": {"task": "audit.checkpoint", "schedule": 60.0},
 }
 
 # --- security -----------------------------------------------------------------
@@ -242,6 +243,7 @@ WARDEN_TIMEZONE = TIME_ZONE
 WARDEN_DEMO_PASSWORD = envstr("WARDEN_DEMO_PASSWORD")
 WARDEN_API_MAX_BODY = envint("WARDEN_API_MAX_BODY", 64 * 1024)
 WARDEN_MAX_DELEGATION_DEPTH = envint("WARDEN_MAX_DELEGATION_DEPTH", 3)
+WARDEN_AUDIT_SIGNING_KEY = envstr("WARDEN_AUDIT_SIGNING_KEY")  # defaults to SECRET_KEY
 WARDEN_RESERVATION_TIMEOUT = envint("WARDEN_RESERVATION_TIMEOUT", 900)  # seconds before the sweep releases
 WARDEN_SPIKE_FACTOR = envint("WARDEN_SPIKE_FACTOR", 4)
 WARDEN_SPIKE_MIN_MICROS = envint("WARDEN_SPIKE_MIN_MICROS", 1_000_000)
