@@ -6,4 +6,6 @@ app_name = "audit"
 
 urlpatterns = [
     path("", views.timeline, name="timeline"),
+    path("trace/<str:correlation_id>/", views.trace, name="trace"),
+    path("export.<str:fmt>", views.export, name="export"),
 ]

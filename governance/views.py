@@ -5,6 +5,7 @@ import difflib
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -13,6 +14,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from agents import selectors as agent_selectors
+from audit.services import audit_record
 
 from . import services, simulation
 from .access import can, require, user_groups
@@ -23,6 +25,24 @@ from .health import readiness
 from .models import ApiToken, Approval, Policy, PolicySetVersion, Role, RoleGrant
 from .policy_templates import TEMPLATES
 from .selectors import policy_list as policies
+
+
+class SignInView(LoginView):
+    """Django's sign-in, recording every sign-in and every failed attempt in the audit log."""
+
+    redirect_authenticated_user = True
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        audit_record(action="auth.sign_in", actor=form.get_user(), resource=f"user:{form.get_user().get_username()}",
+                     payload={"ip": self.request.META.get("REMOTE_ADDR", "")})
+        return response
+
+    def form_invalid(self, form):
+        attempted = (form.data.get("username") or "")[:150]
+        audit_record(action="auth.sign_in_failed", actor=None, outcome="denied", resource=f"user:{attempted}",
+                     reasons=["wrong username or password"], payload={"ip": self.request.META.get("REMOTE_ADDR", "")})
+        return super().form_invalid(form)
 
 
 @require_GET

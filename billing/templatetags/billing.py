@@ -18,3 +18,8 @@ def multiply(value, factor):
 @register.filter
 def subtract_from(value, total):
     return float(total) - float(value)
+
+
+@register.filter
+def make_list_words(value: str) -> list[str]:
+    return value.split()

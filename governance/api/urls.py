@@ -24,4 +24,5 @@ urlpatterns = [
     path("agents/<uuid:agent_id>/roles/<int:grant_id>/", views.AgentGrantDetailView.as_view(), name="api-agent-grant"),
     path("", include("agents.api.urls")),
     path("", include("billing.api.urls")),
+    path("", include("audit.api.urls")),
 ]
