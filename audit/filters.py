@@ -22,10 +22,17 @@ class AuditFilter(forms.Form):
     correlation_id = forms.CharField(required=False, max_length=128)
     q = forms.CharField(required=False, max_length=200, label="Text in reasons")
     cursor = forms.CharField(required=False, max_length=200)
+    after = forms.CharField(required=False, max_length=200, help_text="only events newer than this cursor (catch-up)")
     limit = forms.IntegerField(required=False, min_value=1, max_value=200)
 
     def clean_cursor(self):
-        value = self.cleaned_data["cursor"]
+        return self._decode(self.cleaned_data["cursor"])
+
+    def clean_after(self):
+        return self._decode(self.cleaned_data["after"])
+
+    @staticmethod
+    def _decode(value):
         if not value:
             return None
         try:
@@ -67,9 +74,17 @@ class AuditFilter(forms.Form):
             queryset = queryset.filter(reasons__icontains=data["q"])
         return queryset
 
+    @staticmethod
+    def token(event) -> str:
+        return base64.urlsafe_b64encode(f"{event.occurred_at.isoformat()}|{event.pk}".encode()).decode()
+
     def page(self, queryset) -> tuple[list[AuditEvent], str | None]:
         """Newest first, keyset-paginated: (events, cursor of the next page or None)."""
         queryset = self.filter(queryset).order_by("-occurred_at", "-id")
+        after = self.cleaned_data.get("after")
+        if after:
+            when, event_id = after
+            queryset = queryset.filter(Q(occurred_at__gt=when) | Q(occurred_at=when, id__gt=event_id))
         cursor = self.cleaned_data.get("cursor")
         if cursor:
             when, event_id = cursor
@@ -78,5 +93,4 @@ class AuditFilter(forms.Form):
         if len(events) <= self.page_size:
             return events, None
         last = events[self.page_size - 1]
-        token = base64.urlsafe_b64encode(f"{last.occurred_at.isoformat()}|{last.pk}".encode()).decode()
-        return events[: self.page_size], token
+        return events[: self.page_size], self.token(last)

@@ -22,6 +22,7 @@ from governance.context import current_correlation_id
 from governance.sql import as_saved
 from governance.telemetry import current_trace_id
 
+from .live import publish_on_commit
 from .models import GENESIS, AuditEvent
 
 SECRET_WORDS = ("secret", "password", "token", "authorization", "api_key", "apikey", "private_key")
@@ -172,6 +173,7 @@ def audit_record(
             [*(Jsonb(fields[name]) if name in JSON_FIELDS else fields[name] for name in EVENT_COLUMNS), fields["hash"], chain],
         )
         event_id = cursor.fetchone()[0]
+    publish_on_commit(event_id)
     return as_saved(AuditEvent, {"id": event_id, **fields})
 
 

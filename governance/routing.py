@@ -1,3 +1,5 @@
-"""Websocket routes of every app (live pages add theirs here)."""
+"""Websocket routes of every app."""
 
-websocket_urlpatterns: list = []
+from audit.routing import websocket_urlpatterns as audit_routes
+
+websocket_urlpatterns: list = [*audit_routes]

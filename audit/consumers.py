@@ -1,0 +1,45 @@
+"""The websocket behind the live timeline: same permission, same filter, same partial."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.template.loader import render_to_string
+
+from governance.access import can
+
+from .filters import AuditFilter
+from .live import GROUP
+from .models import AuditEvent
+
+
+class TimelineConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not await database_sync_to_async(can)(user, "audit.view"):
+            await self.close(code=4403)
+            return
+        query = {k: v[-1] for k, v in parse_qs(self.scope.get("query_string", b"").decode()).items()}
+        query.pop("cursor", None)
+        self.filters = AuditFilter(query)
+        if not self.filters.is_valid():
+            await self.close(code=4400)
+            return
+        await self.channel_layer.group_add(GROUP, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(GROUP, self.channel_name)
+
+    async def audit_event(self, message):
+        html = await database_sync_to_async(self._render)(message["id"])
+        # Every number is sent, matching or not, so the page can tell a gap from a filtered-out event.
+        await self.send_json({"seq": message["seq"], "id": message["id"], "html": html})
+
+    def _render(self, event_id: int) -> str:
+        event = self.filters.filter(AuditEvent.objects.filter(pk=event_id)).first()
+        if event is None:
+            return ""
+        return render_to_string("audit/timeline.html#rows", {"events": [event], "live": True})

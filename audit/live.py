@@ -1,0 +1,60 @@
+"""Live timeline: committed events are pushed to open timelines within a second.
+
+`audit_record` calls `publish_on_commit(event_id)`: after the transaction
+commits (never for a rollback) the id goes on an in-process queue, which costs
+the caller nothing measurable. A daemon thread with its own event loop gives
+each event a number from a Redis counter and sends it to the timeline group.
+Redis may drop a message (channels_redis drops for a full channel) or the
+process may die with ids queued: the page sees the gap in the numbers, or its
+socket reconnect, and fetches what it missed from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+
+import redis
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+GROUP = "audit.timeline"
+SEQUENCE_KEY = "warden:audit:live-seq"
+
+_queue: "queue.SimpleQueue[int]" = queue.SimpleQueue()
+_thread: threading.Thread | None = None
+_lock = threading.Lock()
+
+
+def publish_on_commit(event_id: int) -> None:
+    transaction.on_commit(lambda: _enqueue(event_id))
+
+
+def _enqueue(event_id: int) -> None:
+    global _thread
+    if _thread is None or not _thread.is_alive():
+        with _lock:
+            if _thread is None or not _thread.is_alive():
+                _thread = threading.Thread(target=_run, name="warden-audit-live", daemon=True)
+                _thread.start()
+    _queue.put(event_id)
+
+
+def _run() -> None:
+    """Block on the queue in this daemon thread (never in an executor thread, which
+    the interpreter would wait for at exit); send on one loop kept for the thread."""
+    loop = asyncio.new_event_loop()
+    layer = get_channel_layer()
+    counter = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    while True:
+        event_id = _queue.get()
+        try:
+            seq = counter.incr(SEQUENCE_KEY)
+            loop.run_until_complete(layer.group_send(GROUP, {"type": "audit.event", "id": event_id, "seq": seq}))
+        except Exception:  # Redis down: the event is safe in PostgreSQL; pages catch up on reconnect
+            logger.warning("live audit push failed", exc_info=True)
