@@ -178,7 +178,7 @@ def audit_record(
 
 
 @transaction.atomic
-def checkpoint_create() -> "Checkpoint":
+def checkpoint_create():
     """Sign the current head of every chain (beat runs this every minute)."""
     from .models import Checkpoint
     from .verify import sign_heads

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 from django.http import Http404, StreamingHttpResponse
@@ -10,6 +9,7 @@ from django.shortcuts import render
 from django.views.decorators.vary import vary_on_headers
 
 from governance.access import require
+from governance.api.base import csv_lines
 
 from . import selectors
 from .filters import AuditFilter
@@ -47,11 +47,6 @@ def trace(request, correlation_id):
     })
 
 
-class _Echo:
-    def write(self, value):
-        return value
-
-
 @require("audit.view")
 def export(request, fmt):
     """The current filter as CSV or JSON Lines, streamed in keyset order (any size)."""
@@ -63,8 +58,7 @@ def export(request, fmt):
     queryset = filters.filter(selectors.events(user=request.user)).order_by("-occurred_at", "-id")
     rows = queryset.values_list(*EXPORT_COLUMNS).iterator(chunk_size=2000)
     if fmt == "csv":
-        writer = csv.writer(_Echo())
-        stream = _csv(writer, rows)
+        stream = csv_lines(EXPORT_COLUMNS, rows)
         content_type, suffix = "text/csv", "csv"
     else:
         stream = (json.dumps(dict(zip(EXPORT_COLUMNS, row)), default=str) + "\n" for row in rows)
@@ -73,8 +67,3 @@ def export(request, fmt):
     response["Content-Disposition"] = f'attachment; filename="warden-audit.{suffix}"'
     return response
 
-
-def _csv(writer, rows):
-    yield writer.writerow(EXPORT_COLUMNS)
-    for row in rows:
-        yield writer.writerow(row)

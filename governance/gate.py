@@ -28,7 +28,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.models import Agent, AgentStatus, Clearance, Delegation
-from agents.services import agent_own_scopes, delegation_problem, describe_chain
+from agents.services import delegation_problem, describe_chain
 from audit.services import Actor, audit_record
 from billing import services as billing
 

@@ -10,7 +10,7 @@ from rest_framework import serializers
 
 from governance.scopes import SCOPES
 
-from ..models import Agent, AgentKey, Clearance, Delegation, Team
+from ..models import AgentKey, Clearance, Delegation, Team
 from ..selectors import key_state
 
 CLEARANCE_NAMES = {label: value for value, label in Clearance.choices}

@@ -5,27 +5,16 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from governance.api.base import CapabilityView, valid
 from governance.api.pagination import Pagination
-from governance.api.permissions import HasCapability, IsAgent
+from governance.api.permissions import IsAgent
 
 from .. import selectors, services
 from ..filters import AgentFilter
 from . import serializers as s
-
-
-class CapabilityView(APIView):
-    permission_classes = [IsAuthenticated, HasCapability]
-    capabilities: dict[str, str] = {}
-
-
-def _valid(serializer_class, data, **kwargs) -> dict:
-    serializer = serializer_class(data=data, **kwargs)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
 
 
 class AgentListView(CapabilityView):
@@ -46,7 +35,7 @@ class AgentListView(CapabilityView):
 
     @extend_schema(request=s.AgentCreateInput, responses={201: s.AgentOutput})
     def post(self, request):
-        data = _valid(s.AgentCreateInput, request.data)
+        data = valid(s.AgentCreateInput, request.data)
         agent = services.agent_register(by=request.user, **data)
         agent = selectors.agent_get(user=request.user, agent_id=agent.pk)
         return Response(s.AgentOutput(agent).data, status=status.HTTP_201_CREATED)
@@ -66,7 +55,7 @@ class AgentDetailView(CapabilityView):
         if unknown:
             hint = " Use the suspend/resume/retire endpoints to change status." if "status" in unknown else ""
             raise ValidationError({name: f"This field cannot be changed here.{hint}" for name in sorted(unknown)})
-        data = _valid(s.AgentUpdateInput, request.data)
+        data = valid(s.AgentUpdateInput, request.data)
         services.agent_update(agent=agent, by=request.user, **data)
         return Response(s.AgentOutput(selectors.agent_get(user=request.user, agent_id=agent_id)).data)
 
@@ -78,7 +67,7 @@ class _LifecycleView(CapabilityView):
     @extend_schema(request=s.ReasonInput, responses=s.AgentOutput)
     def post(self, request, agent_id):
         agent = selectors.agent_get(user=request.user, agent_id=agent_id)
-        data = _valid(s.ReasonInput, request.data or {})
+        data = valid(s.ReasonInput, request.data or {})
         kwargs = {"reason": data["reason"]} if self.needs_reason else {}
         type(self).action_service(agent=agent, by=request.user, **kwargs)
         return Response(s.AgentOutput(selectors.agent_get(user=request.user, agent_id=agent_id)).data)
@@ -118,7 +107,7 @@ class AgentKeyListView(CapabilityView):
     @extend_schema(request=s.KeyIssueInput, responses={201: s.KeyIssuedOutput})
     def post(self, request, agent_id):
         agent = selectors.agent_get(user=request.user, agent_id=agent_id)
-        data = _valid(s.KeyIssueInput, request.data or {})
+        data = valid(s.KeyIssueInput, request.data or {})
         key, secret = services.agent_key_issue(agent=agent, by=request.user, **data)
         key.secret = secret
         return Response(s.KeyIssuedOutput(key).data, status=status.HTTP_201_CREATED)
@@ -147,7 +136,7 @@ class AgentKeyRotateView(CapabilityView):
     def post(self, request, agent_id, key_id):
         agent = selectors.agent_get(user=request.user, agent_id=agent_id)
         key = selectors.agent_key_get(agent=agent, key_id=key_id)
-        data = _valid(s.KeyRotateInput, request.data or {})
+        data = valid(s.KeyRotateInput, request.data or {})
         new_key, secret = services.agent_key_rotate(key=key, by=request.user, **data)
         new_key.secret = secret
         return Response(s.KeyIssuedOutput(new_key).data, status=status.HTTP_201_CREATED)
@@ -167,7 +156,7 @@ class AgentDelegationListView(CapabilityView):
     @extend_schema(request=s.DelegationInput, responses={201: s.DelegationOutput})
     def post(self, request, agent_id):
         agent = selectors.agent_get(user=request.user, agent_id=agent_id)
-        data = _valid(s.DelegationInput, request.data)
+        data = valid(s.DelegationInput, request.data)
         delegation = services.delegation_create(delegate=agent, by_user=request.user, **data)
         return Response(s.DelegationOutput(delegation).data, status=status.HTTP_201_CREATED)
 
@@ -178,7 +167,7 @@ class DelegationRevokeView(CapabilityView):
     @extend_schema(request=s.ReasonInput, responses=s.DelegationOutput)
     def post(self, request, delegation_id):
         delegation = selectors.delegation_get(user=request.user, delegation_id=delegation_id)
-        data = _valid(s.ReasonInput, request.data or {})
+        data = valid(s.ReasonInput, request.data or {})
         delegation = services.delegation_revoke(delegation=delegation, by=request.user, reason=data["reason"])
         return Response(s.DelegationOutput(delegation).data)
 
@@ -192,7 +181,7 @@ class AgentDelegateView(APIView):
     def post(self, request):
         from governance.api.serializers import ActionOutput
 
-        data = _valid(s.AgentDelegationInput, request.data)
+        data = valid(s.AgentDelegationInput, request.data)
         action, delegation = services.delegation_by_agent(
             agent=request.user.agent, key=request.user.key, delegate_name=data["delegate"], scopes=data["scopes"],
             expires_at=data["expires_at"], parent_id=data.get("on_behalf_of"), max_depth=data.get("max_depth"),

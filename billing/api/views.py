@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import csv
-
 from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from governance.api.permissions import HasCapability
+from governance.api.base import CapabilityView, csv_lines, valid
 
 from .. import selectors, services
 from ..models import Budget
 from . import serializers as s
-
-
-class CapabilityView(APIView):
-    permission_classes = [IsAuthenticated, HasCapability]
-    capabilities: dict[str, str] = {}
-
-
-def valid(serializer_class, data) -> dict:
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
 
 
 def month_of(request):
@@ -97,11 +82,6 @@ class SpendView(CapabilityView):
         return Response(s.SpendOutput(body).data)
 
 
-class _Echo:
-    def write(self, value):
-        return value
-
-
 CSV_COLUMNS = ["occurred_at", "agent_name", "team", "kind", "resource", "input_tokens", "output_tokens",
                "cost_micros", "reserved_micros", "overage_micros", "status", "action_id"]
 
@@ -116,9 +96,7 @@ class SpendExportView(CapabilityView):
         month = month_of(request)
         rows = selectors.ledger(user=request.user, month=month).order_by("occurred_at").values_list(
             *[c for c in CSV_COLUMNS if c != "action_id"], "action_id").iterator()
-        writer = csv.writer(_Echo())
-        stream = (writer.writerow(row) for row in [CSV_COLUMNS] + [[*r[:-1], str(r[-1])] for r in rows])
-        response = StreamingHttpResponse(stream, content_type="text/csv")
+        response = StreamingHttpResponse(csv_lines(CSV_COLUMNS, ([*r[:-1], str(r[-1])] for r in rows)), content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="warden-spend-{month:%Y-%m}.csv"'
         return response
 

@@ -13,24 +13,14 @@ from agents import selectors as agent_selectors
 from agents.principal import AgentPrincipal
 from governance import gate, services, simulation
 from governance.access import can, capabilities_of, user_groups
+from governance.api.base import CapabilityView, valid
 from governance.api.pagination import Pagination
-from governance.api.permissions import HasCapability, IsAgent
+from governance.api.permissions import IsAgent
 from governance.context import correlation_scope, get_correlation_id
 from governance.models import Action, Policy, PolicySetVersion, RoleGrant, Role
 from governance.selectors import policy_list
 
 from . import serializers as s
-
-
-def valid(serializer_class, data) -> dict:
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
-
-
-class CapabilityView(APIView):
-    permission_classes = [IsAuthenticated, HasCapability]
-    capabilities: dict[str, str] = {}
 
 
 class MeOutput(serializers.Serializer):
