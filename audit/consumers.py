@@ -33,13 +33,13 @@ class TimelineConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         await self.channel_layer.group_discard(GROUP, self.channel_name)
 
-    async def audit_event(self, message):
-        html = await database_sync_to_async(self._render)(message["id"])
-        # Every number is sent, matching or not, so the page can tell a gap from a filtered-out event.
-        await self.send_json({"seq": message["seq"], "id": message["id"], "html": html})
+    async def audit_events(self, message):
+        html = await database_sync_to_async(self._render)(message["ids"])
+        # Every batch is sent, matching or not, so the page can tell a gap from filtered-out events.
+        await self.send_json({"first": message["first"], "last": message["last"], "html": html})
 
-    def _render(self, event_id: int) -> str:
-        event = self.filters.filter(AuditEvent.objects.filter(pk=event_id)).first()
-        if event is None:
+    def _render(self, event_ids: list[int]) -> str:
+        events = list(self.filters.filter(AuditEvent.objects.filter(pk__in=event_ids)).order_by("-occurred_at", "-id"))
+        if not events:
             return ""
-        return render_to_string("audit/timeline.html#rows", {"events": [event], "live": True})
+        return render_to_string("audit/timeline.html#rows", {"events": events, "live": True}).strip()

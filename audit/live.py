@@ -15,6 +15,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 
 import redis
 from channels.layers import get_channel_layer
@@ -24,6 +25,7 @@ from django.db import transaction
 logger = logging.getLogger(__name__)
 
 GROUP = "audit.timeline"
+BATCH_SECONDS = 0.1
 SEQUENCE_KEY = "warden:audit:live-seq"
 
 _queue: "queue.SimpleQueue[int]" = queue.SimpleQueue()
@@ -52,9 +54,16 @@ def _run() -> None:
     layer = get_channel_layer()
     counter = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
     while True:
-        event_id = _queue.get()
+        ids = [_queue.get()]
+        deadline = time.monotonic() + BATCH_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                ids.append(_queue.get(timeout=left))
+            except queue.Empty:
+                break
         try:
-            seq = counter.incr(SEQUENCE_KEY)
-            loop.run_until_complete(layer.group_send(GROUP, {"type": "audit.event", "id": event_id, "seq": seq}))
-        except Exception:  # Redis down: the event is safe in PostgreSQL; pages catch up on reconnect
+            last = counter.incrby(SEQUENCE_KEY, len(ids))
+            message = {"type": "audit.events", "ids": ids, "first": last - len(ids) + 1, "last": last}
+            loop.run_until_complete(layer.group_send(GROUP, message))
+        except Exception:  # Redis down: the events are safe in PostgreSQL; pages catch up on reconnect
             logger.warning("live audit push failed", exc_info=True)

@@ -1,5 +1,5 @@
 // Live audit timeline: new events appear at the top without reload.
-// Every pushed message carries a sequence number; a gap (a message Redis
+// Every pushed batch carries its first and last sequence number; a gap (a message Redis
 // dropped) or a reconnect makes the page fetch what it missed from the
 // server (PostgreSQL), so the timeline never shows a hole.
 (function () {
@@ -54,8 +54,8 @@
     };
     socket.onmessage = function (message) {
       const data = JSON.parse(message.data);
-      const gap = lastSeq !== null && data.seq !== lastSeq + 1;
-      lastSeq = data.seq;
+      const gap = lastSeq !== null && data.first !== lastSeq + 1;
+      lastSeq = data.last;
       if (gap) {
         catchUp();
       } else {
