@@ -140,7 +140,12 @@ def estimate_cost(*, action: str, resource: str, cleaned: dict, at: dt.datetime 
 
 # --- reservation and settlement -------------------------------------------------------
 
-COVERING = "(b.scope = 'organisation' OR (b.scope = 'team' AND b.team_id = %s) OR (b.scope = 'agent' AND b.agent_id = %s))"
+def covering(team_id: str, agent_id: str) -> str:
+    """SQL: budget `b` covers the agent (the one rule, used here and by the gate's identity query)."""
+    return f"(b.scope = 'organisation' OR (b.scope = 'team' AND b.team_id = {team_id}) OR (b.scope = 'agent' AND b.agent_id = {agent_id}))"
+
+
+COVERING = covering("%s", "%s")
 OPEN_PERIODS_SQL = f"""
 INSERT INTO billing_budgetperiod (budget_id, period_start, spent_micros, reserved_micros)
 SELECT b.id, %s, 0, 0 FROM billing_budget b WHERE b.active AND {COVERING}

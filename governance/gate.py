@@ -14,6 +14,7 @@ transaction fails and nothing is allowed.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -172,21 +173,26 @@ SELECT a.name, a.status, a.status_reason, a.clearance, a.allowed_models, a.allow
                  FROM governance_rolegrant g JOIN governance_role r ON r.id = g.role_id
                  WHERE g.agent_id = a.id AND g.revoked_at IS NULL), '[]'::json),
        (SELECT json_build_array(number, created_at) FROM governance_policysetversion ORDER BY number DESC LIMIT 1),
-       (SELECT count(*) FROM billing_budget b WHERE b.active AND (b.scope = 'organisation'
-            OR (b.scope = 'team' AND b.team_id = a.team_id) OR (b.scope = 'agent' AND b.agent_id = a.id)))
+       (SELECT count(*) FROM billing_budget b WHERE b.active AND {covering})
 FROM agents_agent a JOIN {users} u ON u.id = a.owner_id JOIN agents_team t ON t.id = a.team_id
 WHERE a.id = %s
 """
 
 
-def _snapshot(agent_id) -> Snapshot:
+@functools.lru_cache(maxsize=1)
+def _snapshot_sql() -> str:
     from django.contrib.auth import get_user_model
-    from django.db import connection
 
     User = get_user_model()
-    sql = SNAPSHOT_SQL.format(username=User._meta.get_field(User.USERNAME_FIELD).column, users=User._meta.db_table)
+    return SNAPSHOT_SQL.format(username=User._meta.get_field(User.USERNAME_FIELD).column, users=User._meta.db_table,
+                               covering=billing.covering("a.team_id", "a.id"))
+
+
+def _snapshot(agent_id) -> Snapshot:
+    from django.db import connection
+
     with connection.cursor() as cursor:
-        cursor.execute(sql, [agent_id])
+        cursor.execute(_snapshot_sql(), [agent_id])
         row = cursor.fetchone()
     if row is None:
         raise Agent.DoesNotExist

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from governance.models import Action, Policy, PolicySetVersion, PolicyVersion, Role
+from governance.models import Action, Role
 from governance.scopes import SCOPES
 
 
@@ -174,5 +174,3 @@ class GrantOutput(serializers.Serializer):
     expires_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
 
-
-__all__ = ["Policy", "PolicySetVersion", "PolicyVersion"]
