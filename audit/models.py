@@ -49,7 +49,13 @@ class AuditEvent(models.Model):
             models.Index(fields=["-occurred_at", "-id"], name="audit_time_idx"),
             models.Index(fields=["agent_id", "-occurred_at"], name="audit_agent_time_idx"),
             models.Index(fields=["correlation_id"], name="audit_correlation_idx"),
-            models.Index(fields=["action", "-occurred_at"], name="audit_action_time_idx"),
+            # One per timeline filter, in the page's order, so a filtered page of 50
+            # reads 51 index entries however many millions of events there are.
+            models.Index(fields=["action", "-occurred_at", "-id"], name="audit_action_time_idx"),
+            models.Index(fields=["agent_name", "-occurred_at", "-id"], name="audit_agent_name_time_idx"),
+            models.Index(fields=["team", "-occurred_at", "-id"], name="audit_team_time_idx"),
+            models.Index(fields=["actor_name", "-occurred_at", "-id"], name="audit_actor_time_idx"),
+            models.Index(fields=["outcome", "-occurred_at", "-id"], name="audit_outcome_time_idx"),
         ]
 
 
@@ -66,3 +72,25 @@ class Checkpoint(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class ArchiveSegment(models.Model):
+    """Events moved out of the table into one compressed JSON Lines file.
+
+    `chains` records, per chain, the range archived and the hashes at both ends,
+    so the events left in the table still link to the archived ones and the file
+    can be checked on its own. Signed, and append-only like the events: the
+    database lets an event be deleted only while a segment covering it is named
+    in the deleting transaction (migration 0004).
+    """
+
+    created_at = models.DateTimeField()
+    cutoff = models.DateTimeField()  # every archived event is older than this
+    file_name = models.CharField(max_length=255, unique=True)  # in WARDEN_AUDIT_ARCHIVE_DIR
+    sha256 = models.CharField(max_length=64)  # of the compressed file
+    events = models.BigIntegerField()
+    chains = models.JSONField()  # {chain: [first_seq, last_seq, prev_hash of first, hash of last]}
+    signature = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["created_at"]

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from dataclasses import dataclass
 
 from django.db import connection, transaction
 from django.utils import timezone
-
+import orjson
 from psycopg.types.json import Jsonb
 
 from governance.context import current_correlation_id
@@ -74,16 +73,24 @@ HASHED_FIELDS = (
 
 
 def canonical(fields: dict) -> bytes:
-    """The exact bytes an event's hash covers (the verifier uses this too)."""
-    body = {}
-    for name in HASHED_FIELDS:
-        value = fields[name]
-        if name == "occurred_at":
-            value = value.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
-        elif name == "agent_id" and value is not None:
-            value = str(value)
-        body[name] = value
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    """The exact bytes an event's hash covers (the verifier and archives use this too).
+
+    Compact JSON with sorted keys, UTF-8, times in UTC with microseconds. orjson
+    writes it ~5x faster than the json module (verification reads millions of
+    events); for the values stored here the bytes are the same as
+    json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except that floats are written in their shortest form (1e-05 as 0.00001).
+    """
+    agent_id = fields["agent_id"]
+    body = {name: fields[name] for name in HASHED_FIELDS}
+    body["occurred_at"] = fields["occurred_at"].astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
+    body["agent_id"] = None if agent_id is None else str(agent_id)
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def as_json_value(value):
+    """`value` as it will come back from a jsonb column: plain JSON types only."""
+    return orjson.loads(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS))
 
 
 def event_hash(fields: dict) -> str:
@@ -163,8 +170,8 @@ def audit_record(
         "payload": redact(payload or {}),
     }
     # JSON round trip so the hash covers exactly what PostgreSQL will give back.
-    for name in ("delegation_chain", "payload", "reasons", "policy_ids"):
-        fields[name] = json.loads(json.dumps(fields[name], default=str))
+    for name in JSON_FIELDS:
+        fields[name] = as_json_value(fields[name])
     fields["hash"] = event_hash(fields)
     # The event and the new chain head in one round trip.
     with connection.cursor() as cursor:

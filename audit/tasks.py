@@ -1,8 +1,15 @@
 from celery import shared_task
 
-from . import services
+from . import archive, services
 
 
 @shared_task(name="audit.checkpoint")
 def checkpoint_task() -> int:
     return services.checkpoint_create().pk
+
+
+@shared_task(name="audit.archive")
+def archive_task() -> int:
+    """Move events past the retention to a compressed file (beat, every 6 hours); returns how many."""
+    segment = archive.audit_archive()
+    return segment.events if segment else 0

@@ -1,26 +1,54 @@
-"""Check the audit hash chains and the latest signed checkpoint.
+"""Check the audit hash chains, the archive manifests and the latest signed checkpoint.
 
 Every event's hash must match its content and the hash before it, sequence
-numbers must run 1, 2, 3 ... per chain, each chain's stored head must be its
-last event, and the newest checkpoint (signed) must still be found in the
-chains: so a changed, deleted, reordered or cut-off event is reported, with
-the first broken link.
+numbers must run 1, 2, 3 ... per chain (a chain whose start was archived
+continues from the archive's last link), each chain's stored head must be its
+last event, archive segments must be signed and join up, and the newest
+checkpoint (signed) must still be found in the chains: so a changed, deleted,
+reordered or cut-off event is reported, with the first broken link.
+
+Everything is read in one snapshot (REPEATABLE READ), so events appended while
+the check runs are neither missed halfway nor reported as breaks. Chains are
+independent, so `workers` > 1 checks them in parallel processes that share the
+snapshot (pg_export_snapshot); `manage.py audit_verify --workers N` uses that.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import gzip
 import hashlib
 import hmac
+import itertools
 import json
+import multiprocessing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, transaction
 
-from .models import GENESIS, Checkpoint
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.types.json import set_json_loads
+
+from .models import GENESIS, ArchiveSegment, Checkpoint
 from .services import HASHED_FIELDS, JSON_FIELDS, canonical
 
 COLUMNS = ("id", *HASHED_FIELDS, "hash")
+SELECT_CHAIN = f"SELECT {', '.join(COLUMNS)} FROM audit_auditevent WHERE chain = %s ORDER BY seq"
+# Every chain with events, by skipping through the (chain, seq) index: one probe per chain.
+CHAINS_WITH_EVENTS = """
+    WITH RECURSIVE c AS (
+        (SELECT chain FROM audit_auditevent ORDER BY chain LIMIT 1)
+        UNION ALL
+        SELECT (SELECT e.chain FROM audit_auditevent e WHERE e.chain > c.chain ORDER BY e.chain LIMIT 1)
+        FROM c WHERE c.chain IS NOT NULL
+    )
+    SELECT chain FROM c WHERE chain IS NOT NULL
+"""
+MAX_PROBLEMS_PER_CHAIN = 100
 
 
 @dataclass
@@ -28,6 +56,7 @@ class Result:
     ok: bool = True
     events_checked: int = 0
     chains: int = 0
+    archived_events: int = 0
     first_break: dict | None = None
     checkpoint: dict | None = None
     problems: list[str] = field(default_factory=list)
@@ -43,55 +72,145 @@ def signing_key() -> bytes:
     return (settings.WARDEN_AUDIT_SIGNING_KEY or settings.SECRET_KEY).encode()
 
 
+def sign(kind: str, body: dict) -> str:
+    """HMAC-SHA256 of a checkpoint or archive manifest (kind keeps the two apart)."""
+    text = json.dumps({"kind": kind, **body}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(signing_key(), text.encode(), hashlib.sha256).hexdigest()
+
+
 def sign_heads(created_at: str, heads: dict, events: int) -> str:
     body = json.dumps({"created_at": created_at, "heads": heads, "events": events}, sort_keys=True, separators=(",", ":"))
     return hmac.new(signing_key(), body.encode(), hashlib.sha256).hexdigest()
 
 
-@transaction.atomic  # one consistent snapshot; server-side cursors live in a transaction
-def verify(*, batch: int = 5000) -> Result:
-    result = Result()
-    heads: dict[str, tuple[int, str]] = {}
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT chain, seq, hash FROM audit_chainhead")
-        stored_heads = {chain: (seq, digest) for chain, seq, digest in cursor.fetchall()}
-    current_chain, expected_seq, previous = None, 1, GENESIS
-    # A named (server-side) cursor streams millions of rows without loading them all.
-    with connection.connection.cursor(name="warden_audit_verify") as cursor:
+def segment_body(segment) -> dict:
+    utc = dt.timezone.utc
+    return {"created_at": segment.created_at.astimezone(utc).isoformat(), "cutoff": segment.cutoff.astimezone(utc).isoformat(),
+            "file_name": segment.file_name, "sha256": segment.sha256, "events": segment.events, "chains": segment.chains}
+
+
+def check_chain(events, chain: str, start: tuple[int, str] = (0, GENESIS)):
+    """Walk one chain's events (dicts or COLUMNS tuples, in seq order) from `start`.
+
+    Returns (events checked, (last seq, last hash), problems as dicts).
+    """
+    expected_seq, previous = start[0] + 1, start[1]
+    problems: list[dict] = []
+    checked = 0
+    for event in events:
+        if not isinstance(event, dict):
+            event = dict(zip(COLUMNS, event))
+        for name in JSON_FIELDS:  # Django's connection hands jsonb back as text
+            if isinstance(event[name], str):
+                event[name] = orjson.loads(event[name])
+        checked += 1
+        problem = None
+        if event["seq"] != expected_seq:
+            problem = (f"{chain}: expected seq {expected_seq}, found {event['seq']} "
+                       "(an event was deleted or reordered)")
+        elif event["prev_hash"] != previous:
+            problem = f"{chain} seq {event['seq']}: does not link to the event before it"
+        elif hashlib.sha256(canonical(event)).hexdigest() != event["hash"]:
+            problem = f"{chain} seq {event['seq']}: content does not match its hash (changed)"
+        if problem and len(problems) < MAX_PROBLEMS_PER_CHAIN:
+            problems.append({"chain": chain, "seq": event["seq"], "event_id": event.get("id"), "problem": problem})
+        expected_seq, previous = event["seq"] + 1, event["hash"]
+    return checked, (expected_seq - 1, previous), problems
+
+
+def _stream_chain(conn, chain: str, batch: int = 5000):
+    # A named (server-side) cursor streams a chain of millions without loading it.
+    with conn.cursor(name=f"audit_verify_{abs(hash(chain))}") as cursor:
         cursor.itersize = batch
-        cursor.execute(f"SELECT {', '.join(COLUMNS)} FROM audit_auditevent ORDER BY chain, seq")
-        for row in cursor:
-            event = dict(zip(COLUMNS, row))
-            for name in JSON_FIELDS:  # Django's connection hands jsonb back as text
-                if isinstance(event[name], str):
-                    event[name] = json.loads(event[name])
-            if event["chain"] != current_chain:
-                if current_chain is not None:
-                    heads[current_chain] = (expected_seq - 1, previous)
-                current_chain, expected_seq, previous = event["chain"], 1, GENESIS
-                result.chains += 1
-            result.events_checked += 1
-            where = {"chain": event["chain"], "seq": event["seq"], "event_id": event["id"]}
-            if event["seq"] != expected_seq:
-                result.fail(**where, problem=f"{event['chain']}: expected seq {expected_seq}, found {event['seq']} "
-                                             "(an event was deleted or reordered)")
-            elif event["prev_hash"] != previous:
-                result.fail(**where, problem=f"{event['chain']} seq {event['seq']}: does not link to the event before it")
-            elif hashlib.sha256(canonical(event)).hexdigest() != event["hash"]:
-                result.fail(**where, problem=f"{event['chain']} seq {event['seq']}: content does not match its hash (changed)")
-            expected_seq, previous = event["seq"] + 1, event["hash"]
-        if current_chain is not None:
-            heads[current_chain] = (expected_seq - 1, previous)
-    for chain, (seq, digest) in stored_heads.items():
-        if heads.get(chain) != (seq, digest):
-            found = heads.get(chain, (0, GENESIS))[0]
-            result.fail(chain=chain, seq=seq, event_id=None,
-                        problem=f"{chain}: the head says seq {seq} but the chain ends at seq {found} (events cut off)")
-    _check_checkpoint(result, heads)
+        cursor.execute(SELECT_CHAIN, [chain])
+        yield from cursor
+
+
+def _check_in_connection(conn, chain: str, start) -> tuple:
+    return (chain, *check_chain(_stream_chain(conn, chain), chain, start))
+
+
+# --- parallel workers (forked; each has its own connection in the shared snapshot) ---
+
+_worker_conn = None
+
+
+def _worker_init(params: dict, snapshot: str) -> None:
+    global _worker_conn
+    _worker_conn = psycopg.connect(**params)
+    set_json_loads(orjson.loads, _worker_conn)
+    _worker_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    _worker_conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+
+
+def _worker_check(job: tuple[str, tuple[int, str]]) -> tuple:
+    chain, start = job
+    return _check_in_connection(_worker_conn, chain, start)
+
+
+def _archive_anchors(result: Result) -> dict[str, tuple[int, str]]:
+    """Where each chain continues after its archived part; checks the manifests join up."""
+    anchors: dict[str, tuple[int, str]] = {}
+    for segment in ArchiveSegment.objects.order_by("created_at", "id"):
+        result.archived_events += segment.events
+        if not hmac.compare_digest(sign("archive", segment_body(segment)), segment.signature):
+            result.fail(chain=None, seq=None, event_id=None,
+                        problem=f"archive segment {segment.pk} ({segment.file_name}): signature does not match")
+            continue
+        for chain, (first_seq, last_seq, prev_hash, last_hash) in segment.chains.items():
+            before = anchors.get(chain, (0, GENESIS))
+            if first_seq != before[0] + 1 or prev_hash != before[1]:
+                result.fail(chain=chain, seq=first_seq, event_id=None,
+                            problem=f"{chain}: archive segment {segment.pk} starts at seq {first_seq} but the chain "
+                                    f"stood at seq {before[0]} (archives do not join up)")
+            anchors[chain] = (last_seq, last_hash)
+    return anchors
+
+
+def verify(*, workers: int = 1, archives: bool = False) -> Result:
+    """Check everything; `archives` also reads each archive file and checks the events in it."""
+    with transaction.atomic():
+        outermost = len(connection.atomic_blocks) == 1
+        with connection.cursor() as cursor:
+            if outermost:  # take one snapshot for every read below (and for the workers)
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor.execute("SELECT chain, seq, hash FROM audit_chainhead")
+            stored_heads = {chain: (seq, digest) for chain, seq, digest in cursor.fetchall()}
+            cursor.execute(CHAINS_WITH_EVENTS)
+            chains = [row[0] for row in cursor.fetchall()]
+        result = Result()
+        anchors = _archive_anchors(result)
+        jobs = [(chain, anchors.get(chain, (0, GENESIS))) for chain in chains]
+        if workers > 1 and len(jobs) > 1 and outermost:  # inside a caller's transaction: in process
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_export_snapshot()")
+                snapshot = cursor.fetchone()[0]
+            context = multiprocessing.get_context("fork")
+            with context.Pool(workers, _worker_init, (connection.get_connection_params(), snapshot)) as pool:
+                parts = list(pool.imap_unordered(_worker_check, jobs))
+        else:
+            parts = [_check_in_connection(connection.connection, chain, start) for chain, start in jobs]
+        heads = dict(anchors)  # a wholly archived chain ends where its archive does
+        problems = []
+        for chain, checked, end, chain_problems in sorted(parts):
+            result.events_checked += checked
+            result.chains += 1
+            heads[chain] = end
+            problems.extend(chain_problems)
+        for problem in problems:
+            result.fail(**problem)
+        for chain, (seq, digest) in sorted(stored_heads.items()):
+            if heads.get(chain) != (seq, digest):
+                found = heads.get(chain, (0, GENESIS))[0]
+                result.fail(chain=chain, seq=seq, event_id=None,
+                            problem=f"{chain}: the head says seq {seq} but the chain ends at seq {found} (events cut off)")
+        _check_checkpoint(result, anchors)
+    if archives:
+        verify_archive_files(result)
     return result
 
 
-def _check_checkpoint(result: Result, heads: dict) -> None:
+def _check_checkpoint(result: Result, anchors: dict) -> None:
     checkpoint = Checkpoint.objects.order_by("-created_at").first()
     if checkpoint is None:
         return
@@ -104,7 +223,58 @@ def _check_checkpoint(result: Result, heads: dict) -> None:
         for chain, (seq, digest) in checkpoint.heads.items():
             cursor.execute("SELECT hash FROM audit_auditevent WHERE chain = %s AND seq = %s", [chain, seq])
             row = cursor.fetchone()
-            if row is None or row[0] != digest:
+            found = row[0] if row else None
+            archived_to, archived_hash = anchors.get(chain, (0, GENESIS))
+            if found is None and seq < archived_to:
+                continue  # archived since, inside a segment: the file's own check covers it
+            if found is None and seq == archived_to:
+                found = archived_hash
+            if found != digest:
                 result.fail(chain=chain, seq=seq, event_id=None,
                             problem=f"{chain}: checkpoint {checkpoint.pk} saw seq {seq}, which is now "
-                                    + ("missing (the chain was cut)" if row is None else "different"))
+                                    + ("missing (the chain was cut)" if found is None else "different"))
+
+
+def read_archive(path: Path):
+    """The events of one archive file, in file order (by chain, then seq)."""
+    with gzip.open(path, "rb") as lines:
+        for line in lines:
+            event = orjson.loads(line)
+            event["occurred_at"] = dt.datetime.fromisoformat(event["occurred_at"])
+            yield event
+
+
+def verify_archive_file(segment: ArchiveSegment, path: Path | None = None) -> list[str]:
+    """Problems with one archive file: missing, altered, or events that do not chain."""
+    path = path or Path(settings.WARDEN_AUDIT_ARCHIVE_DIR) / segment.file_name
+    if not path.exists():
+        return [f"archive {segment.file_name}: file not found in {path.parent}"]
+    digest = hashlib.sha256()
+    with path.open("rb") as raw:
+        for block in iter(lambda: raw.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != segment.sha256:
+        return [f"archive {segment.file_name}: file does not match its recorded SHA-256 (altered or replaced)"]
+    problems, total, seen = [], 0, set()
+    for chain, events in itertools.groupby(read_archive(path), key=lambda event: event["chain"]):
+        if chain not in segment.chains or chain in seen:
+            problems.append(f"archive {segment.file_name}: events of {chain} the manifest does not list there")
+            continue
+        seen.add(chain)
+        first_seq, last_seq, prev_hash, last_hash = segment.chains[chain]
+        checked, end, chain_problems = check_chain(events, chain, (first_seq - 1, prev_hash))
+        total += checked
+        problems += [f"archive {segment.file_name}: {p['problem']}" for p in chain_problems]
+        if end != (last_seq, last_hash):
+            problems.append(f"archive {segment.file_name}: {chain} ends at seq {end[0]}, the manifest says {last_seq}")
+    for chain in set(segment.chains) - seen:
+        problems.append(f"archive {segment.file_name}: no events of {chain}, which the manifest lists")
+    if total != segment.events:
+        problems.append(f"archive {segment.file_name}: {total} events, the manifest says {segment.events}")
+    return problems
+
+
+def verify_archive_files(result: Result) -> None:
+    for segment in ArchiveSegment.objects.order_by("created_at", "id"):
+        for problem in verify_archive_file(segment):
+            result.fail(chain=None, seq=None, event_id=None, problem=problem)

@@ -168,6 +168,7 @@ CELERY_TIMEZONE = envstr("WARDEN_TIMEZONE", "UTC")
 CELERY_BEAT_SCHEDULE: dict = {
     "release-stale-reservations": {"task": "billing.reservations_sweep", "schedule": 60.0},
     "sign-audit-chain-heads": {"task": "audit.checkpoint", "schedule": 60.0},
+    "archive-old-audit-events": {"task": "audit.archive", "schedule": 6 * 3600.0},
 }
 
 # --- security -----------------------------------------------------------------
@@ -244,6 +245,10 @@ WARDEN_DEMO_PASSWORD = envstr("WARDEN_DEMO_PASSWORD")
 WARDEN_API_MAX_BODY = envint("WARDEN_API_MAX_BODY", 64 * 1024)
 WARDEN_MAX_DELEGATION_DEPTH = envint("WARDEN_MAX_DELEGATION_DEPTH", 3)
 WARDEN_AUDIT_SIGNING_KEY = envstr("WARDEN_AUDIT_SIGNING_KEY")  # defaults to SECRET_KEY
+# Events older than this many days move to compressed JSON Lines files (0 keeps them all in the table).
+WARDEN_AUDIT_RETENTION_DAYS = envint("WARDEN_AUDIT_RETENTION_DAYS", 400)
+WARDEN_AUDIT_ARCHIVE_DIR = Path(envstr("WARDEN_AUDIT_ARCHIVE_DIR") or BASE_DIR / "var" / "audit-archive")
+WARDEN_EXPORT_DIR = Path(envstr("WARDEN_EXPORT_DIR") or BASE_DIR / "var" / "exports")
 WARDEN_RESERVATION_TIMEOUT = envint("WARDEN_RESERVATION_TIMEOUT", 900)  # seconds before the sweep releases
 WARDEN_SPIKE_FACTOR = envint("WARDEN_SPIKE_FACTOR", 4)
 WARDEN_SPIKE_MIN_MICROS = envint("WARDEN_SPIKE_MIN_MICROS", 1_000_000)
