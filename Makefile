@@ -18,7 +18,7 @@ test: setup browser
 	$(DEVSTACK) test $(PYTEST_ARGS)
 
 bench: setup wrk
-	$(DEVSTACK) bench
+	$(DEVSTACK) bench $(BENCH)
 
 setup: uv
 	$(UV) sync --frozen

@@ -35,8 +35,8 @@ import orjson
 from psycopg.types.json import Jsonb
 
 from .models import GENESIS, ArchiveSegment
-from .services import audit_record
-from .verify import COLUMNS, check_chain, segment_body, sign, verify_archive_file
+from .services import JSON_FIELDS, audit_record
+from .verify import COLUMNS, check_chain, segment_body, sign, stream_chain, verify_archive_file
 
 LOCK = "warden.audit_archive"
 
@@ -116,11 +116,11 @@ def _write(plan: Plan, path: Path) -> tuple[dict, str]:
     partial = path.with_name(path.name + ".partial")
     chains = {}
     try:
-        with transaction.atomic(), partial.open("wb") as raw:
+        with partial.open("wb") as raw:
             with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
                 for chain in sorted(plan.ranges):
                     first, last, previous_seq, previous_hash = plan.ranges[chain]
-                    events = _written(out, _rows(chain, first, last))
+                    events = _written(out, stream_chain(connection.connection, chain, first, last))
                     checked, end, problems = check_chain(events, chain, (previous_seq, previous_hash))
                     if problems:
                         raise ArchiveRefused(f"not archived, the chain is broken: {problems[0]['problem']}")
@@ -141,27 +141,13 @@ def _write(plan: Plan, path: Path) -> tuple[dict, str]:
     return chains, digest.hexdigest()
 
 
-def _rows(chain: str, first: int, last: int):
-    with connection.connection.cursor(name="warden_audit_archive") as cursor:
-        cursor.itersize = 5000
-        cursor.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM audit_auditevent WHERE chain = %s AND seq BETWEEN %s AND %s ORDER BY seq",
-            [chain, first, last],
-        )
-        yield from cursor
-
-
 def _written(out, rows):
     """Write each event as one JSON line and pass it on (as a dict) to the chain check."""
     for row in rows:
         event = dict(zip(COLUMNS, row))
-        for name in ("delegation_chain", "reasons", "policy_ids", "payload"):
-            if isinstance(event[name], str):
-                event[name] = orjson.loads(event[name])
-        line = dict(event)
-        line["occurred_at"] = event["occurred_at"].astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
-        line["agent_id"] = None if event["agent_id"] is None else str(event["agent_id"])
-        out.write(orjson.dumps(line) + b"\n")
+        for name in JSON_FIELDS:
+            event[name] = orjson.loads(event[name])
+        out.write(orjson.dumps(event) + b"\n")  # times and ids are already the text the hash covers
         yield event
 
 

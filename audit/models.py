@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 GENESIS = "0" * 64
@@ -94,3 +95,45 @@ class ArchiveSegment(models.Model):
 
     class Meta:
         ordering = ["created_at"]
+
+
+class AuditExport(models.Model):
+    """One export of the timeline under a filter, written by a worker with its progress.
+
+    The file lives in WARDEN_EXPORT_DIR until it expires (WARDEN_EXPORT_TTL_HOURS);
+    only the person who asked for it can download it.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+        EXPIRED = "expired"
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="audit_exports")
+    created_at = models.DateTimeField()
+    format = models.CharField(max_length=8)  # csv | jsonl
+    filters = models.JSONField(default=dict)  # the timeline query it was started from
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    total = models.BigIntegerField(null=True)  # counted when the work starts
+    written = models.BigIntegerField(default=0)
+    size_bytes = models.BigIntegerField(default=0)
+    finished_at = models.DateTimeField(null=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @property
+    def percent(self) -> int:
+        if self.status == self.Status.DONE:
+            return 100
+        if not self.total:
+            return 0
+        return min(99, self.written * 100 // self.total)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED, self.Status.EXPIRED)

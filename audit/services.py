@@ -81,9 +81,10 @@ def canonical(fields: dict) -> bytes:
     json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except that floats are written in their shortest form (1e-05 as 0.00001).
     """
-    agent_id = fields["agent_id"]
+    agent_id, occurred_at = fields["agent_id"], fields["occurred_at"]
     body = {name: fields[name] for name in HASHED_FIELDS}
-    body["occurred_at"] = fields["occurred_at"].astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
+    if not isinstance(occurred_at, str):  # readers may hand over the text already (audit.verify.stream_chain)
+        body["occurred_at"] = occurred_at.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
     body["agent_id"] = None if agent_id is None else str(agent_id)
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 

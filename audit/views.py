@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
-from django.http import Http404, StreamingHttpResponse
-from django.shortcuts import render
+from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 
 from governance.access import require
-from governance.api.base import csv_lines
 
-from . import selectors
+from . import exports, selectors
 from .filters import AuditFilter
-
-EXPORT_COLUMNS = ["id", "occurred_at", "actor_type", "actor_name", "agent_name", "team", "action", "resource",
-                  "outcome", "reasons", "policy_ids", "policy_version", "cost_micros", "data_classification",
-                  "correlation_id", "trace_id", "chain", "seq", "hash"]
+from .models import AuditExport
 
 
 @require("audit.view")
@@ -49,21 +44,50 @@ def trace(request, correlation_id):
 
 @require("audit.view")
 def export(request, fmt):
-    """The current filter as CSV or JSON Lines, streamed in keyset order (any size)."""
-    if fmt not in ("csv", "jsonl"):
+    """The current filter as CSV or JSON Lines, streamed in keyset order (for scripts; the page uses jobs)."""
+    if fmt not in exports.FORMATS:
         raise Http404("Export as csv or jsonl.")
     filters = AuditFilter(request.GET)
     if not filters.is_valid():
         return render(request, "audit/timeline.html", {"filters": filters, "events": []}, status=400)
-    queryset = filters.filter(selectors.events(user=request.user)).order_by("-occurred_at", "-id")
-    rows = queryset.values_list(*EXPORT_COLUMNS).iterator(chunk_size=2000)
-    if fmt == "csv":
-        stream = csv_lines(EXPORT_COLUMNS, rows)
-        content_type, suffix = "text/csv", "csv"
-    else:
-        stream = (json.dumps(dict(zip(EXPORT_COLUMNS, row)), default=str) + "\n" for row in rows)
-        content_type, suffix = "application/x-ndjson", "jsonl"
-    response = StreamingHttpResponse(stream, content_type=content_type)
+    _, rows = exports.export_rows(filters, user=request.user)
+    content_type, suffix = exports.FORMATS[fmt]
+    response = StreamingHttpResponse(exports.export_lines(rows, fmt), content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="warden-audit.{suffix}"'
     return response
 
+
+@require("audit.view")
+@require_http_methods(["GET", "POST"])
+def export_jobs(request):
+    """POST: queue an export of the page's filter and go to its progress; GET: my recent exports."""
+    if request.method == "POST":
+        try:
+            job = exports.export_request(user=request.user, query=request.POST, fmt=request.POST.get("format", ""))
+        except exports.ExportRefused as refused:
+            return render(request, "audit/exports.html", {"errors": refused.errors, "jobs": _my_exports(request)},
+                          status=400)
+        return redirect("audit:export-job", job.pk)
+    return render(request, "audit/exports.html", {"jobs": _my_exports(request)})
+
+
+def _my_exports(request):
+    return AuditExport.objects.filter(requested_by=request.user)[:20]
+
+
+@require("audit.view")
+@vary_on_headers("HX-Request")
+def export_job(request, export_id):
+    job = get_object_or_404(AuditExport, pk=export_id, requested_by=request.user)
+    template = "audit/export.html#progress" if request.htmx else "audit/export.html"
+    return render(request, template, {"job": job})
+
+
+@require("audit.view")
+def export_download(request, export_id):
+    job = get_object_or_404(AuditExport, pk=export_id, requested_by=request.user, status=AuditExport.Status.DONE)
+    path = exports.export_path(job)
+    if not path.exists():
+        raise Http404("The export file is gone; start a new export.")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=exports.download_name(job),
+                        content_type=exports.FORMATS[job.format][0])

@@ -9,12 +9,25 @@ from django.db import connection
 from django.db.models import Count
 
 from benchmarks.policies import p
+from governance import gate as gate_module
 from governance.gate import request_action
 from governance.models import Action
 
 
-def run(report, agents, *, threads: int = 8, calls: int = 300) -> dict:
-    report(f"== Gate in process: {threads} concurrent caller(s), separate connections ==")
+def run(report, agents, *, threads: int = 8, calls: int = 300, audit: bool = True) -> dict:
+    """`audit=False` swaps the audit append for nothing, to show what it costs the gate."""
+    report(f"== Gate in process: {threads} concurrent caller(s), separate connections"
+           f"{'' if audit else ', audit append switched off'} ==")
+    original = gate_module.audit_record
+    if not audit:
+        gate_module.audit_record = lambda **fields: None
+    try:
+        return _run(report, agents, threads, calls, audit)
+    finally:
+        gate_module.audit_record = original
+
+
+def _run(report, agents, threads: int, calls: int, audit: bool) -> dict:
     samples: list[list[float]] = [[] for _ in range(threads)]
     barrier = threading.Barrier(threads + 1)
 
@@ -42,5 +55,5 @@ def run(report, agents, *, threads: int = 8, calls: int = 300) -> dict:
     outcomes = dict(Action.objects.values_list("outcome").annotate(n=Count("id")))
     report(f"{len(flat)} decisions in {elapsed:.2f} s = {len(flat) / elapsed:.0f}/s; "
            f"latency p50 {p(flat, 50):.2f} ms, p99 {p(flat, 99):.2f} ms (identity, scopes, 2,004 policies, "
-           f"budget step, audit append, commit); outcomes recorded: {outcomes}")
+           f"budget step, {'audit append, ' if audit else ''}commit); outcomes recorded: {outcomes}")
     return {"p50": p(flat, 50), "p99": p(flat, 99)}

@@ -40,11 +40,31 @@ class _PooledInstance(WsgiToAsgiInstance):
         return await sync_to_async(_run_wsgi_app, thread_sensitive=False, executor=self.executor)(self, body)
 
 
+def _closing(wsgi_application):
+    """Call the response's close() when it is done, as PEP 3333 asks of a server.
+
+    asgiref's WsgiToAsgi never does, so Django's request_finished never fired:
+    database connections were not given back at the end of a request and a
+    FileResponse's file stayed open until garbage collection.
+    """
+
+    def application(environ, start_response):
+        result = wsgi_application(environ, start_response)
+        try:
+            yield from result
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    return application
+
+
 class WsgiOnThreadPool(WsgiToAsgi):
     """Run a WSGI application for each HTTP request on a fixed thread pool."""
 
     def __init__(self, wsgi_application, threads: int):
-        super().__init__(wsgi_application)
+        super().__init__(_closing(wsgi_application))
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warden-http")
 
     async def __call__(self, scope, receive, send):

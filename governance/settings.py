@@ -169,6 +169,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "release-stale-reservations": {"task": "billing.reservations_sweep", "schedule": 60.0},
     "sign-audit-chain-heads": {"task": "audit.checkpoint", "schedule": 60.0},
     "archive-old-audit-events": {"task": "audit.archive", "schedule": 6 * 3600.0},
+    "expire-audit-exports": {"task": "audit.exports_sweep", "schedule": 3600.0},
 }
 
 # --- security -----------------------------------------------------------------
@@ -249,6 +250,7 @@ WARDEN_AUDIT_SIGNING_KEY = envstr("WARDEN_AUDIT_SIGNING_KEY")  # defaults to SEC
 WARDEN_AUDIT_RETENTION_DAYS = envint("WARDEN_AUDIT_RETENTION_DAYS", 400)
 WARDEN_AUDIT_ARCHIVE_DIR = Path(envstr("WARDEN_AUDIT_ARCHIVE_DIR") or BASE_DIR / "var" / "audit-archive")
 WARDEN_EXPORT_DIR = Path(envstr("WARDEN_EXPORT_DIR") or BASE_DIR / "var" / "exports")
+WARDEN_EXPORT_TTL_HOURS = envint("WARDEN_EXPORT_TTL_HOURS", 72)  # export files are deleted after this
 WARDEN_RESERVATION_TIMEOUT = envint("WARDEN_RESERVATION_TIMEOUT", 900)  # seconds before the sweep releases
 WARDEN_SPIKE_FACTOR = envint("WARDEN_SPIKE_FACTOR", 4)
 WARDEN_SPIKE_MIN_MICROS = envint("WARDEN_SPIKE_MIN_MICROS", 1_000_000)

@@ -350,7 +350,7 @@ def cmd_test(stack: Stack, args: list[str]) -> int:
         stack.down()
 
 
-def cmd_bench(stack: Stack) -> int:
+def cmd_bench(stack: Stack, args: list[str]) -> int:
     """Benchmarks run in their own database, created fresh each time."""
     env = stack.up()
     try:
@@ -363,7 +363,7 @@ def cmd_bench(stack: Stack) -> int:
             conn.execute("CREATE DATABASE warden_bench")
         env["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/warden_bench"
         env["DEBUG"] = "0"  # measure the production configuration
-        return subprocess.run([sys.executable, "-m", "benchmarks.run"], cwd=ROOT, env=env).returncode
+        return subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=ROOT, env=env).returncode
     finally:
         stack.down()
 
@@ -389,7 +389,7 @@ def main(argv: list[str]) -> int:
     if command == "test":
         return cmd_test(stack, rest)
     if command == "bench":
-        return cmd_bench(stack)
+        return cmd_bench(stack, rest)
     if command == "manage":
         env = stack.up()
         try:

@@ -44,3 +44,40 @@ def sign_in(page, base_url: str, username: str, password: str) -> None:
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
+
+
+@contextlib.contextmanager
+def asgi_server():
+    """The real ASGI application (HTTP and websockets) under uvicorn, in a thread, on a free port.
+
+    live_server is WSGI only; the live timeline needs the websocket route. Use it
+    in a transactional test: the server's threads read what the test committed.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from django.db import connections
+
+    from governance.asgi import application
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings_dict = connections.databases["default"]
+    previous = settings_dict["CONN_MAX_AGE"]
+    settings_dict["CONN_MAX_AGE"] = 0  # server threads close their connections after each request
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        settings_dict["CONN_MAX_AGE"] = previous

@@ -54,3 +54,22 @@ def test_request_bodies_reach_the_api():
 def test_static_files_are_served_without_a_cdn():
     status, headers, body = call("/static/warden/app.css")
     assert status == 200 and b"--accent" in body
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_response_is_closed_so_django_finishes_the_request():
+    """request_finished gives the thread's database connection back; a file response closes its file."""
+    from django.core.signals import request_finished
+
+    finished = []
+
+    def receiver(**kwargs):
+        finished.append(True)
+
+    request_finished.connect(receiver)
+    try:
+        assert call("/healthz")[0] == 200
+        assert call("/static/warden/app.css")[0] == 200
+    finally:
+        request_finished.disconnect(receiver)
+    assert finished == [True, True]
