@@ -6,7 +6,7 @@ WORKDIR /app
 COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY . .
-RUN useradd --system --home /app warden && chown -R warden /app
+RUN useradd --system --home /app warden && chown -R warden /app && mkdir /data && chown warden /data
 USER warden
 EXPOSE 8000
 CMD ["uvicorn", "governance.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]

@@ -48,10 +48,10 @@ class AuditEvent(models.Model):
         constraints = [models.UniqueConstraint(fields=["chain", "seq"], name="audit_chain_seq_unique")]
         indexes = [
             models.Index(fields=["-occurred_at", "-id"], name="audit_time_idx"),
-            models.Index(fields=["agent_id", "-occurred_at"], name="audit_agent_time_idx"),
             models.Index(fields=["correlation_id"], name="audit_correlation_idx"),
             # One per timeline filter, in the page's order, so a filtered page of 50
             # reads 51 index entries however many millions of events there are.
+            # (An agent's own events are its chain: the (chain, seq) index serves them.)
             models.Index(fields=["action", "-occurred_at", "-id"], name="audit_action_time_idx"),
             models.Index(fields=["agent_name", "-occurred_at", "-id"], name="audit_agent_name_time_idx"),
             models.Index(fields=["team", "-occurred_at", "-id"], name="audit_team_time_idx"),

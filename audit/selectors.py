@@ -15,7 +15,8 @@ def events(*, user) -> QuerySet[AuditEvent]:
 
 
 def events_for_agent(*, agent_id, limit: int = 20):
-    return AuditEvent.objects.filter(agent_id=agent_id).order_by("-occurred_at", "-id")[:limit]
+    """The newest events about one agent: its own chain, read backwards on the (chain, seq) index."""
+    return AuditEvent.objects.filter(chain=f"agent:{agent_id}").order_by("-seq")[:limit]
 
 
 def trace(*, user, correlation_id: str) -> list[dict]:
