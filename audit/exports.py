@@ -143,8 +143,18 @@ def _counted(rows, export: AuditExport):
 
 
 def exports_sweep(*, now: dt.datetime | None = None) -> int:
-    """Delete export files past WARDEN_EXPORT_TTL_HOURS (beat, hourly); returns how many expired."""
+    """Delete export files past WARDEN_EXPORT_TTL_HOURS (beat, hourly); returns how many expired.
+
+    An export still queued or running that long had its worker stop under it: it is
+    marked failed, so its page says so instead of waiting for ever.
+    """
     cutoff = (now or timezone.now()) - dt.timedelta(hours=settings.WARDEN_EXPORT_TTL_HOURS)
+    for export in AuditExport.objects.filter(status__in=[AuditExport.Status.QUEUED, AuditExport.Status.RUNNING],
+                                             created_at__lt=cutoff):
+        export_path(export).with_name(export_path(export).name + ".partial").unlink(missing_ok=True)
+        AuditExport.objects.filter(pk=export.pk).update(
+            status=AuditExport.Status.FAILED, finished_at=timezone.now(),
+            error=f"no worker finished it within {settings.WARDEN_EXPORT_TTL_HOURS} hours; start it again")
     expired = 0
     for export in AuditExport.objects.filter(status=AuditExport.Status.DONE, finished_at__lt=cutoff):
         export_path(export).unlink(missing_ok=True)

@@ -59,7 +59,7 @@ def _chain_plan(total: int, seed: int = 7) -> list[tuple[str, int]]:
 
 def _generate(job) -> tuple[int, list]:
     """Write a share of the chains with COPY on this process's own connection; returns (events, chain heads)."""
-    params, chains, start_ts, end_ts, seed = job
+    params, chains, start_ts, end_ts, seed, existing = job
     rng = random.Random(seed)
     actions, outcomes = _weighted(ACTIONS), _weighted(OUTCOMES)
     written, heads = 0, []
@@ -72,8 +72,8 @@ def _generate(job) -> tuple[int, list]:
                 team = f"team-{index % TEAMS:02d}" if is_agent else ""
                 step = (end_ts - start_ts) / count
                 when = start_ts + rng.random() * step
-                previous = GENESIS
-                for seq in range(1, count + 1):
+                offset, previous = existing.get(chain, (0, GENESIS))  # the global chain may have begun
+                for seq in range(offset + 1, offset + count + 1):
                     outcome = rng.choice(outcomes) if is_agent else "ok"
                     user = USERS[seq % len(USERS)]
                     fields = {
@@ -95,7 +95,7 @@ def _generate(job) -> tuple[int, list]:
                     when += step * (0.5 + rng.random())
                     when = min(when, end_ts)
                     written += 1
-                heads.append((chain, count, previous))
+                heads.append((chain, offset + count, previous))
         conn.commit()
     return written, heads
 
@@ -111,11 +111,13 @@ def load(report, total: int) -> None:
         indexes = cursor.fetchall()
         for name, _ in indexes:
             cursor.execute(f'DROP INDEX "{name}"')
+        cursor.execute("SELECT chain, seq, hash FROM audit_chainhead")
+        existing = {chain: (seq, digest) for chain, seq, digest in cursor.fetchall()}
     plan = list(enumerate(_chain_plan(total)))
     end_ts = time.time() - 60
     start_ts = end_ts - DAYS * 86400
     workers = 2
-    jobs = [(raw_connection_params(), plan[n::workers], start_ts, end_ts, n) for n in range(workers)]
+    jobs = [(raw_connection_params(), plan[n::workers], start_ts, end_ts, n, existing) for n in range(workers)]
     connection.close()
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         parts = pool.map(_generate, jobs)
@@ -125,7 +127,8 @@ def load(report, total: int) -> None:
         for _, definition in indexes:
             cursor.execute(definition)
         heads = [head for _, part in parts for head in part]
-        cursor.executemany("INSERT INTO audit_chainhead (chain, seq, hash) VALUES (%s, %s, %s)", heads)
+        cursor.executemany("INSERT INTO audit_chainhead (chain, seq, hash) VALUES (%s, %s, %s) "
+                           "ON CONFLICT (chain) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash", heads)
         cursor.execute("VACUUM ANALYZE audit_auditevent")
         cursor.execute("SELECT pg_size_pretty(pg_total_relation_size('audit_auditevent'))")
         size = cursor.fetchone()[0]

@@ -146,3 +146,15 @@ def test_export_files_expire(client_for, decisions, export_dir, django_capture_o
     assert job.status == "expired" and not list(export_dir.iterdir())
     assert client.get(f"/audit/exports/{job.pk}/download").status_code == 404
     assert "Expired" in client.get(f"/audit/exports/{job.pk}/").content.decode()
+
+
+def test_an_export_no_worker_finished_is_marked_failed(client_for, decisions, export_dir, settings,
+                                                       django_capture_on_commit_callbacks):
+    client = client_for("security")
+    start_export(client, django_capture_on_commit_callbacks, format="jsonl")
+    job = AuditExport.objects.get()
+    assert exports.exports_sweep() == 0 and AuditExport.objects.get().status == "queued"
+    exports.exports_sweep(now=timezone.now() + dt.timedelta(hours=settings.WARDEN_EXPORT_TTL_HOURS + 1))
+    job.refresh_from_db()
+    assert job.status == "failed" and "no worker finished it" in job.error
+    assert "hx-trigger" not in client.get(f"/audit/exports/{job.pk}/").content.decode()  # the page stops polling
