@@ -44,6 +44,22 @@ def flush_past_the_audit_trigger():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def tasks_stay_in_the_test():
+    """Tasks sent by committed test transactions go to an in-memory broker.
+
+    The suite shares Redis with `make run`; on the real broker a worker there
+    picked up test tasks (exports of rows that only the test database had).
+    Tests run the tasks they care about themselves, as the worker would.
+    """
+    from governance.celery import app
+
+    previous = app.conf.broker_url
+    app.conf.broker_url = "memory://"
+    yield
+    app.conf.broker_url = previous
+
+
+@pytest.fixture(autouse=True, scope="session")
 def fast_password_hasher():
     """PBKDF2 costs ~300 ms a user by design; tests need logins, not that cost."""
     from django.conf import settings

@@ -89,6 +89,29 @@ def test_a_committed_event_is_pushed_and_a_rolled_back_one_is_not(personas, make
 
 
 @pytest.mark.django_db(transaction=True)
+def test_an_idle_page_stays_connected_past_the_channel_layers_blocking_read(personas, make_agent):
+    """channels_redis blocks 5 s on BZPOPMIN; a Redis read timeout at or under that killed idle sockets."""
+    from agents import services
+
+    agent = make_agent("quiet")
+
+    async def scenario():
+        from channels.db import database_sync_to_async
+
+        comm = communicator(personas["security"])
+        connected, _ = await comm.connect()
+        assert connected
+        await comm.settle()
+        await asyncio.sleep(6.5)  # longer than one idle blocking read
+        await database_sync_to_async(services.agent_suspend)(agent=agent, by=personas["security"], reason="after a lull")
+        message = await comm.receive_json_from(timeout=3)
+        assert "after a lull" in message["html"]
+        await comm.disconnect()
+
+    run(scenario())
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_push_respects_the_pages_filters(personas, make_agent):
     from agents import services
 
