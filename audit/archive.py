@@ -36,7 +36,7 @@ from psycopg.types.json import Jsonb
 
 from .models import GENESIS, ArchiveSegment
 from .services import JSON_FIELDS, audit_record
-from .verify import COLUMNS, check_chain, segment_body, sign, stream_chain, verify_archive_file
+from .verify import COLUMNS, archive_anchors, check_chain, segment_body, sign, stream_chain, verify_archive_file
 
 LOCK = "warden.audit_archive"
 
@@ -61,10 +61,7 @@ def archive_plan(*, now: dt.datetime | None = None, retention_days: int | None =
     if days <= 0:
         return None
     cutoff = (now or timezone.now()) - dt.timedelta(days=days)
-    anchors: dict[str, tuple[int, str]] = {}
-    for segment in ArchiveSegment.objects.order_by("created_at", "id"):
-        for chain, (_, last_seq, _, last_hash) in segment.chains.items():
-            anchors[chain] = (last_seq, last_hash)
+    anchors = archive_anchors()
     ranges = {}
     with connection.cursor() as cursor:
         cursor.execute(
@@ -112,12 +109,17 @@ def audit_archive(*, now: dt.datetime | None = None, retention_days: int | None 
 
 
 def _write(plan: Plan, path: Path) -> tuple[dict, str]:
-    """Stream the planned events into the file, checking each chain; returns (manifest chains, file SHA-256)."""
+    """Stream the planned events into the file, checking each chain; returns (manifest chains, file SHA-256).
+
+    The digest is taken of the bytes as they are written; reading the file back
+    (verify_archive_file) then shows the disk holds those bytes.
+    """
     partial = path.with_name(path.name + ".partial")
     chains = {}
     try:
         with partial.open("wb") as raw:
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
+            hashed = _Hashing(raw)
+            with gzip.GzipFile(fileobj=hashed, mode="wb", compresslevel=6, mtime=0) as out:
                 for chain in sorted(plan.ranges):
                     first, last, previous_seq, previous_hash = plan.ranges[chain]
                     events = _written(out, stream_chain(connection.connection, chain, first, last))
@@ -134,11 +136,21 @@ def _write(plan: Plan, path: Path) -> tuple[dict, str]:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    digest = hashlib.sha256()
-    with path.open("rb") as raw:
-        for block in iter(lambda: raw.read(1 << 20), b""):
-            digest.update(block)
-    return chains, digest.hexdigest()
+    return chains, hashed.digest.hexdigest()
+
+
+class _Hashing:
+    """A file object that hashes what goes through it to the file below."""
+
+    def __init__(self, raw):
+        self.raw, self.digest = raw, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
 
 
 def _written(out, rows):

@@ -75,6 +75,10 @@ def export_path(export: AuditExport) -> Path:
     return Path(settings.WARDEN_EXPORT_DIR) / f"{export.pk}.{FORMATS[export.format][1]}"
 
 
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
 def download_name(export: AuditExport) -> str:
     return f"warden-audit-{export.created_at:%Y%m%d-%H%M%S}.{FORMATS[export.format][1]}"
 
@@ -114,7 +118,7 @@ def export_run(export_id) -> AuditExport:
         AuditExport.objects.filter(pk=export.pk).update(total=export.total)
         path = export_path(export)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
+        partial = _partial(path)
         last_report = time.monotonic()
         with partial.open("w", encoding="utf-8", newline="") as out:
             for line in export_lines(_counted(rows, export), export.format):
@@ -151,7 +155,7 @@ def exports_sweep(*, now: dt.datetime | None = None) -> int:
     cutoff = (now or timezone.now()) - dt.timedelta(hours=settings.WARDEN_EXPORT_TTL_HOURS)
     for export in AuditExport.objects.filter(status__in=[AuditExport.Status.QUEUED, AuditExport.Status.RUNNING],
                                              created_at__lt=cutoff):
-        export_path(export).with_name(export_path(export).name + ".partial").unlink(missing_ok=True)
+        _partial(export_path(export)).unlink(missing_ok=True)
         AuditExport.objects.filter(pk=export.pk).update(
             status=AuditExport.Status.FAILED, finished_at=timezone.now(),
             error=f"no worker finished it within {settings.WARDEN_EXPORT_TTL_HOURS} hours; start it again")

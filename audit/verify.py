@@ -70,15 +70,19 @@ def signing_key() -> bytes:
     return (settings.WARDEN_AUDIT_SIGNING_KEY or settings.SECRET_KEY).encode()
 
 
-def sign(kind: str, body: dict) -> str:
-    """HMAC-SHA256 of a checkpoint or archive manifest (kind keeps the two apart)."""
-    text = json.dumps({"kind": kind, **body}, sort_keys=True, separators=(",", ":"))
+def _mac(body: dict) -> str:
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hmac.new(signing_key(), text.encode(), hashlib.sha256).hexdigest()
 
 
+def sign(kind: str, body: dict) -> str:
+    """HMAC-SHA256 of an archive manifest (kind keeps it apart from other signed bodies)."""
+    return _mac({"kind": kind, **body})
+
+
 def sign_heads(created_at: str, heads: dict, events: int) -> str:
-    body = json.dumps({"created_at": created_at, "heads": heads, "events": events}, sort_keys=True, separators=(",", ":"))
-    return hmac.new(signing_key(), body.encode(), hashlib.sha256).hexdigest()
+    """HMAC-SHA256 of a checkpoint (the body checkpoints have always been signed over)."""
+    return _mac({"created_at": created_at, "heads": heads, "events": events})
 
 
 def segment_body(segment) -> dict:
@@ -186,8 +190,9 @@ def _worker_check(job: tuple[str, tuple[int, str]]) -> tuple:
     return _check_in_connection(_worker_conn, chain, start)
 
 
-def _archive_anchors(result: Result) -> dict[str, tuple[int, str]]:
-    """Where each chain continues after its archived part; checks the manifests join up."""
+def archive_anchors(result: Result | None = None) -> dict[str, tuple[int, str]]:
+    """Where each chain continues after its archived part (last seq, last hash); checks the manifests join up."""
+    result = result if result is not None else Result()
     anchors: dict[str, tuple[int, str]] = {}
     for segment in ArchiveSegment.objects.order_by("created_at", "id"):
         result.archived_events += segment.events
@@ -217,7 +222,7 @@ def verify(*, workers: int = 1, archives: bool = False) -> Result:
             cursor.execute(CHAINS_WITH_EVENTS)
             chains = [row[0] for row in cursor.fetchall()]
         result = Result()
-        anchors = _archive_anchors(result)
+        anchors = archive_anchors(result)
         jobs = [(chain, anchors.get(chain, (0, GENESIS))) for chain in chains]
         if workers > 1 and len(jobs) > 1 and outermost:  # inside a caller's transaction: in process
             with connection.cursor() as cursor:
@@ -280,16 +285,20 @@ def read_archive(path: Path):
             yield orjson.loads(line)
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as raw:
+        for block in iter(lambda: raw.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def verify_archive_file(segment: ArchiveSegment, path: Path | None = None) -> list[str]:
     """Problems with one archive file: missing, altered, or events that do not chain."""
     path = path or Path(settings.WARDEN_AUDIT_ARCHIVE_DIR) / segment.file_name
     if not path.exists():
         return [f"archive {segment.file_name}: file not found in {path.parent}"]
-    digest = hashlib.sha256()
-    with path.open("rb") as raw:
-        for block in iter(lambda: raw.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != segment.sha256:
+    if file_sha256(path) != segment.sha256:
         return [f"archive {segment.file_name}: file does not match its recorded SHA-256 (altered or replaced)"]
     problems, total, seen = [], 0, set()
     for chain, events in itertools.groupby(read_archive(path), key=lambda event: event["chain"]):

@@ -32,6 +32,7 @@ def timeline(request):
     template = "audit/timeline.html#rows" if request.htmx else "audit/timeline.html"
     return render(request, template, {
         "filters": filters, "events": events, "next_cursor": next_cursor, "query": query.urlencode(),
+        "export_filters": {name: request.GET[name] for name in exports.FILTER_FIELDS if request.GET.get(name)},
     }, status=status)
 
 

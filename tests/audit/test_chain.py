@@ -22,11 +22,11 @@ def history(make_agent, personas):
     return first, second
 
 
-def behind_the_triggers_back(sql, params=()):
+def behind_the_triggers_back(sql, params=(), table="audit_auditevent"):
     with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")  # needs a superuser
+        cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")  # needs a superuser
         cursor.execute(sql, params)
-        cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER USER")
+        cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
 
 
 def chain_of(agent):
@@ -105,10 +105,8 @@ def test_a_cut_tail_with_a_forged_head_is_caught_by_the_signed_checkpoint(histor
 
 def test_a_forged_checkpoint_signature_is_caught(history):
     checkpoint = checkpoint_create()
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE audit_checkpoint DISABLE TRIGGER USER")
-        cursor.execute("UPDATE audit_checkpoint SET events = events + 1 WHERE id = %s", [checkpoint.pk])
-        cursor.execute("ALTER TABLE audit_checkpoint ENABLE TRIGGER USER")
+    behind_the_triggers_back("UPDATE audit_checkpoint SET events = events + 1 WHERE id = %s", [checkpoint.pk],
+                             table="audit_checkpoint")
     assert "signature does not match" in verify().first_break["problem"]
 
 

@@ -15,7 +15,7 @@ class Command(BaseCommand):
     def handle(self, *args, retention_days=None, dry_run=False, **options):
         plan = archive_plan(retention_days=retention_days)
         if plan is None:
-            self.stdout.write("retention is 0: events are kept in the table")
+            self.stdout.write("retention is off (0 days or fewer): events are kept in the table")
             return
         self.stdout.write(f"{plan.events} events in {len(plan.ranges)} chains are older than {plan.cutoff:%Y-%m-%d %H:%M} UTC")
         if dry_run or not plan.events:
