@@ -10,9 +10,10 @@ The order of work makes sure nothing is ever dropped silently:
    rename;
 3. read the file back and check it exactly as `audit_verify --archives` will;
 4. in one transaction: store the signed segment (what went where, with the
-   hashes at both ends of every chain), delete exactly those events (the
-   database lets a delete through only for events a segment named in the
-   same transaction covers), and record an `audit.archived` event.
+   hashes at both ends of every chain), have the database owner's
+   warden_audit_archive_delete() check it and delete exactly those events
+   (the application's role cannot delete audit events at all), and record an
+   `audit.archived` event.
 
 A crash before step 4 leaves a file without a segment, which is harmless (the
 next run writes a new one); step 4 is all or nothing.
@@ -29,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 import orjson
-from psycopg.types.json import Jsonb
 
 from .models import GENESIS, ArchiveSegment
 from .services import JSON_FIELDS, audit_record
-from .verify import COLUMNS, archive_anchors, check_chain, segment_body, sign, stream_chain, verify_archive_file
+from .verify import COLUMNS, archive_anchors, archive_signature, check_chain, stream_chain, verify_archive_file
 
 LOCK = "warden.audit_archive"
 
@@ -173,19 +173,21 @@ def _fsync_dir(directory: Path) -> None:
 
 @transaction.atomic
 def _commit(segment: ArchiveSegment, actor) -> ArchiveSegment:
-    segment.signature = sign("archive", segment_body(segment))
+    """Store the signed segment, then let the owner's function check it and delete what it covers.
+
+    The application's database role cannot delete audit events itself;
+    warden_audit_archive_delete() (migration audit 0007) checks the signature,
+    the cutoff against the retention floor, and that every range is the oldest
+    complete run of its chain with the hashes the manifest names.
+    """
+    segment.signature = archive_signature(segment)
     segment.save()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('warden.audit_archive_segment', %s, true)", [str(segment.pk)])
-        cursor.execute(
-            """
-            DELETE FROM audit_auditevent e USING jsonb_each(%s) r
-            WHERE e.chain = r.key AND e.seq BETWEEN (r.value ->> 0)::bigint AND (r.value ->> 1)::bigint
-            """,
-            [Jsonb(segment.chains)],
-        )
-        deleted = cursor.rowcount
-        cursor.execute("SELECT set_config('warden.audit_archive_segment', '', true)")
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT warden_audit_archive_delete(%s)", [segment.pk])
+            deleted = cursor.fetchone()[0]
+    except DatabaseError as error:
+        raise ArchiveRefused(str(error).splitlines()[0]) from None
     if deleted != segment.events:
         raise ArchiveRefused(f"deleted {deleted} events but archived {segment.events}; nothing changed")
     audit_record(action="audit.archived", actor=actor, resource=segment.file_name, payload={

@@ -75,9 +75,14 @@ def _mac(body: dict) -> str:
     return hmac.new(signing_key(), text.encode(), hashlib.sha256).hexdigest()
 
 
-def sign(kind: str, body: dict) -> str:
-    """HMAC-SHA256 of an archive manifest (kind keeps it apart from other signed bodies)."""
-    return _mac({"kind": kind, **body})
+def archive_key() -> str:
+    """The key archive segments are signed with: derived from the signing key, kept by the database owner too.
+
+    `manage.py setup_database` stores it where only the owner's
+    warden_audit_archive_delete() can read it (migration audit 0007), so the
+    database checks a segment's signature before it deletes a single event.
+    """
+    return hmac.new(signing_key(), b"warden.audit.archive", hashlib.sha256).hexdigest()
 
 
 def sign_heads(created_at: str, heads: dict, events: int) -> str:
@@ -85,10 +90,20 @@ def sign_heads(created_at: str, heads: dict, events: int) -> str:
     return _mac({"created_at": created_at, "heads": heads, "events": events})
 
 
-def segment_body(segment) -> dict:
-    utc = dt.timezone.utc
-    return {"created_at": segment.created_at.astimezone(utc).isoformat(), "cutoff": segment.cutoff.astimezone(utc).isoformat(),
-            "file_name": segment.file_name, "sha256": segment.sha256, "events": segment.events, "chains": segment.chains}
+def _utc_text(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def archive_manifest(segment) -> str:
+    """The text a segment's signature covers: exactly what SQL warden_archive_manifest() builds."""
+    lines = ["warden-archive-v2", segment.file_name, segment.sha256, str(segment.events),
+             _utc_text(segment.created_at), _utc_text(segment.cutoff)]
+    lines += [" ".join(str(part) for part in (chain, *segment.chains[chain])) for chain in sorted(segment.chains)]
+    return "\n".join(lines)
+
+
+def archive_signature(segment) -> str:
+    return hmac.new(archive_key().encode(), archive_manifest(segment).encode(), hashlib.sha256).hexdigest()
 
 
 _JSON_AT = [HASHED_FIELDS.index(name) for name in JSON_FIELDS]
@@ -196,7 +211,7 @@ def archive_anchors(result: Result | None = None) -> dict[str, tuple[int, str]]:
     anchors: dict[str, tuple[int, str]] = {}
     for segment in ArchiveSegment.objects.order_by("created_at", "id"):
         result.archived_events += segment.events
-        if not hmac.compare_digest(sign("archive", segment_body(segment)), segment.signature):
+        if not hmac.compare_digest(archive_signature(segment), segment.signature):
             result.fail(chain=None, seq=None, event_id=None,
                         problem=f"archive segment {segment.pk} ({segment.file_name}): signature does not match")
             continue

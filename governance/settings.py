@@ -134,6 +134,9 @@ DATABASES = {"default": database_from_url(DATABASE_URL)}
 DATABASES["default"]["CONN_MAX_AGE"] = envint("DB_CONN_MAX_AGE", 60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", envint("DB_CONNECT_TIMEOUT", 5))
+# The role web, workers and beat connect as, named for the owner's `manage.py setup_database`
+# (run after `migrate` with DATABASE_URL pointing at the owner). See governance/database.py.
+WARDEN_APP_DATABASE_URL = envstr("WARDEN_APP_DATABASE_URL")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:63799/0")

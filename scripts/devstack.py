@@ -32,6 +32,9 @@ PG_PORT = int(os.environ.get("WARDEN_PG_PORT", "54329"))
 REDIS_PORT = int(os.environ.get("WARDEN_REDIS_PORT", "63799"))
 WEB_PORT = int(os.environ.get("WARDEN_PORT", "8000"))
 PG_DATABASE = "warden"
+APP_ROLE = "warden_app"
+# manage.py commands that run as the database owner; every other one runs as the application role.
+OWNER_COMMANDS = {"migrate", "setup_database", "sqlmigrate", "showmigrations"}
 
 
 def log(message: str) -> None:
@@ -74,9 +77,23 @@ class EmbeddedPostgres:
             self.user = "pgserver"
             ensure_user_exists(self.user)
 
+    # Two roles (governance/database.py): the owner (the cluster's superuser here) migrates;
+    # web, workers and beat log in as the application role. Passwords, not trust: a local
+    # process that knows only the application's password cannot become the owner.
     @property
-    def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
+    def owner_password(self) -> str:
+        return read_or_create(VAR / "pg_owner_password", lambda: secrets.token_urlsafe(24))
+
+    @property
+    def app_password(self) -> str:
+        return read_or_create(VAR / "pg_app_password", lambda: secrets.token_urlsafe(24))
+
+    def owner_url(self, database: str = PG_DATABASE) -> str:
+        return f"postgres://postgres:{self.owner_password}@127.0.0.1:{PG_PORT}/{database}"
+
+    @property
+    def app_url(self) -> str:
+        return f"postgres://{APP_ROLE}:{self.app_password}@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
 
     def _run(self, exe: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -137,13 +154,30 @@ class EmbeddedPostgres:
             log(result.stdout)
             log((PG_DATA / "server.log").read_text()[-3000:])
             raise SystemExit("PostgreSQL did not start")
+        self.require_passwords()
         self.ensure_database()
+
+    def require_passwords(self) -> None:
+        """Clusters are initialised with trust (initdb needs no password file): switch them to passwords."""
+        import psycopg
+        from psycopg import sql
+
+        hba = PG_DATA / "pg_hba.conf"
+        lines = hba.read_text().splitlines()
+        rule = [not line.lstrip().startswith("#") and line.split()[-1:] == ["trust"] for line in lines]
+        if not any(rule):
+            return
+        log("PostgreSQL: the superuser gets a password (var/pg_owner_password); trust is switched off")
+        with psycopg.connect(f"postgres://postgres@127.0.0.1:{PG_PORT}/postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(self.owner_password)))
+            hba.write_text("\n".join(line.rsplit("trust", 1)[0] + "scram-sha-256" if trusted else line
+                                      for line, trusted in zip(lines, rule)) + "\n")
+            conn.execute("SELECT pg_reload_conf()")
 
     def ensure_database(self) -> None:
         import psycopg
 
-        admin_url = f"postgres://postgres@127.0.0.1:{PG_PORT}/postgres"
-        with psycopg.connect(admin_url, autocommit=True) as conn:
+        with psycopg.connect(self.owner_url("postgres"), autocommit=True) as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)
             ).fetchone()
@@ -220,6 +254,10 @@ class Stack:
         self.started: list = []
 
     def up(self) -> dict[str, str]:
+        """The owner's environment: DATABASE_URL is the owner, WARDEN_APP_DATABASE_URL the application role.
+
+        `as_app(env)` is what web, workers, beat and most commands run with.
+        """
         env = dict(os.environ)
         if not env.get("DATABASE_URL"):
             pg = EmbeddedPostgres()
@@ -227,8 +265,13 @@ class Stack:
                 pg.start()
                 self.started.append(pg)
             else:
+                pg.require_passwords()
                 pg.ensure_database()
-            env["DATABASE_URL"] = pg.url
+            env["DATABASE_URL"] = pg.owner_url()
+            env["WARDEN_APP_DATABASE_URL"] = pg.app_url
+        elif not env.get("WARDEN_APP_DATABASE_URL"):
+            log("WARDEN_APP_DATABASE_URL is not set: Warden will connect as DATABASE_URL, the owner of its tables "
+                "(see README: two database roles)")
         if not env.get("REDIS_URL"):
             redis = EmbeddedRedis()
             if not redis.running():
@@ -253,8 +296,20 @@ class Stack:
         self.started.clear()
 
 
+def as_app(env: dict[str, str]) -> dict[str, str]:
+    """The environment of web, workers, beat and every command but the owner's."""
+    return {**env, "DATABASE_URL": env.get("WARDEN_APP_DATABASE_URL") or env["DATABASE_URL"]}
+
+
 def manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
+    run_env = env if args[0] in OWNER_COMMANDS else as_app(env)
+    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=run_env, check=True)
+
+
+def migrate(env: dict[str, str]) -> None:
+    """As the owner: the schema, then the application role and its grants."""
+    manage(env, "migrate", "--noinput")
+    manage(env, "setup_database")
 
 
 def wait_ready(url: str, children: list[subprocess.Popen], timeout: float = 90) -> bool:
@@ -295,7 +350,7 @@ def stop_children(children: list[tuple[str, subprocess.Popen]]) -> None:
 
 def cmd_run(stack: Stack) -> int:
     env = stack.up()
-    manage(env, "migrate", "--noinput")
+    migrate(env)
     manage(env, "seed_demo")
     python = sys.executable
     web_workers = env.get("WARDEN_WEB_WORKERS", "1")
@@ -320,7 +375,7 @@ def cmd_run(stack: Stack) -> int:
         for name, command in commands:
             # Own session: Ctrl-C reaches this supervisor, which then stops each
             # child and everything it forked, in order.
-            children.append((name, subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)))
+            children.append((name, subprocess.Popen(command, cwd=ROOT, env=as_app(env), start_new_session=True)))
         url = f"http://127.0.0.1:{WEB_PORT}/"
         if wait_ready(url + "readyz", [child for _, child in children]):
             log(f"Warden is ready at {url}  (Ctrl-C stops web, worker, beat and the embedded services)")
@@ -343,6 +398,8 @@ def cmd_run(stack: Stack) -> int:
 
 
 def cmd_test(stack: Stack, args: list[str]) -> int:
+    """pytest starts as the owner (creates and migrates the test database), then tests run as the
+    application role (tests/conftest.py), so a missing grant fails here, not in production."""
     env = stack.up()
     try:
         return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=ROOT, env=env).returncode
@@ -392,8 +449,9 @@ def main(argv: list[str]) -> int:
         return cmd_bench(stack, rest)
     if command == "manage":
         env = stack.up()
+        run_env = env if rest and rest[0] in OWNER_COMMANDS else as_app(env)
         try:
-            return subprocess.run([sys.executable, "manage.py", *rest], cwd=ROOT, env=env).returncode
+            return subprocess.run([sys.executable, "manage.py", *rest], cwd=ROOT, env=run_env).returncode
         finally:
             stack.down()
     print(__doc__)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import secrets
+from contextlib import contextmanager
+
 import pytest
+from psycopg import sql
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.test import Client
@@ -20,22 +25,78 @@ def fresh_correlation_id():
     _correlation_id.reset(token)
 
 
+def _app_role() -> tuple[str, str]:
+    """(role, password) the tests run as: WARDEN_APP_DATABASE_URL's (`make test`), else one made up here."""
+    from django.conf import settings
+
+    from governance.settings import database_from_url
+
+    if settings.WARDEN_APP_DATABASE_URL:
+        app = database_from_url(settings.WARDEN_APP_DATABASE_URL)
+        return app["USER"], app["PASSWORD"]
+    return "warden_test_app", secrets.token_urlsafe(24)
+
+
+APP_ROLE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Two roles, as in production: the owner creates and migrates the test database (pytest-django's
+    own set-up, as DATABASE_URL), `setup_database` grants the application role, and every connection
+    the tests open then runs as that role (SET ROLE: the same privileges as logging in as it).
+    A grant Warden is missing therefore fails here, not in production.
+    """
+    from django.core.management import call_command
+    from django.db import connections
+
+    role, password = _app_role()
+    APP_ROLE.update(user=role, password=password)
+    with django_db_blocker.unblock():
+        call_command("setup_database", app_url=f"postgres://{role}:{password}@localhost/x", stdout=io.StringIO())
+        connections["default"].close()
+    connections["default"].settings_dict["OPTIONS"]["assume_role"] = role
+    yield
+    connections["default"].settings_dict["OPTIONS"].pop("assume_role", None)
+    with django_db_blocker.unblock():
+        connections["default"].close()
+
+
+@pytest.fixture
+def app_role():
+    """(role, password) of the application role, to log in as it on a connection of one's own."""
+    return APP_ROLE["user"], APP_ROLE["password"]
+
+
+@contextmanager
+def as_owner(using: str = "default"):
+    """Inside the test's transaction, act as the owner of the tables (to tamper behind Warden's back).
+
+    The role comes back at the end; if anything inside fails, rolling back the savepoint restores it too.
+    """
+    from django.db import connections, transaction
+
+    connection = connections[using]
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        cursor.execute("RESET ROLE")
+        yield cursor
+        cursor.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(APP_ROLE["user"])).as_string(cursor.connection))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def flush_past_the_audit_trigger():
-    """Test databases are reset with TRUNCATE, which the append-only trigger refuses.
+    """Test databases are reset with TRUNCATE, which the append-only trigger and the application role refuse.
 
-    Only the harness's reset runs with triggers off (a superuser setting, local
-    to that transaction); everything a test does meets the trigger.
+    Only the harness's reset runs as the owner with triggers off (a superuser setting, local to that
+    transaction); everything a test does meets the role's privileges and the trigger.
     """
-    from django.db import transaction
     from django.db.backends.postgresql.operations import DatabaseOperations
 
     original = DatabaseOperations.execute_sql_flush
 
     def execute_sql_flush(self, sql_list):
-        with transaction.atomic(using=self.connection.alias, savepoint=self.connection.features.can_rollback_ddl):
-            with self.connection.cursor() as cursor:
-                cursor.execute("SET LOCAL session_replication_role = replica")
+        with as_owner(self.connection.alias) as cursor:
+            cursor.execute("SET LOCAL session_replication_role = replica")
             original(self, sql_list)
 
     DatabaseOperations.execute_sql_flush = execute_sql_flush

@@ -14,6 +14,7 @@ from audit.archive import ArchiveRefused, audit_archive
 from audit.models import GENESIS, ArchiveSegment, AuditEvent
 from audit.services import checkpoint_create
 from audit.verify import verify
+from tests.conftest import as_owner
 
 from .test_chain import behind_the_triggers_back, chain_of, history  # noqa: F401 (fixture)
 
@@ -84,14 +85,24 @@ def test_old_events_move_to_a_compressed_file_and_everything_still_verifies(old_
     assert verify(archives=True).ok
 
 
-def test_a_second_run_continues_where_the_first_stopped(old_then_new, archive_dir):
-    first, _, old = old_then_new
-    first_segment = audit_archive()
-    later = timezone.now() + dt.timedelta(days=401)  # now everything is past the retention
-    second_segment = audit_archive(now=later)
+def test_a_second_run_continues_where_the_first_stopped(make_agent, personas, monkeypatch, archive_dir):
+    from agents import services
+
+    first = None
+    for days_ago in (500, 450):  # two batches of old events, then fresh ones
+        clock = types.SimpleNamespace(now=lambda days_ago=days_ago: timezone.now() - dt.timedelta(days=days_ago))
+        monkeypatch.setattr("audit.services.timezone", clock)
+        first = first or make_agent("first")
+        services.agent_suspend(agent=first, by=personas["security"], reason="drill")
+        services.agent_resume(agent=first, by=personas["admin"])
+    monkeypatch.setattr("audit.services.timezone", timezone)
+    services.agent_suspend(agent=first, by=personas["security"], reason="today")
+
+    first_segment = audit_archive(retention_days=480)
+    second_segment = audit_archive(retention_days=400)
     start, _, prev_hash, _ = second_segment.chains[chain_of(first)]
     assert (start, prev_hash) == (first_segment.chains[chain_of(first)][1] + 1, first_segment.chains[chain_of(first)][3])
-    assert not AuditEvent.objects.filter(chain=chain_of(first)).exists()
+    assert list(AuditEvent.objects.filter(chain=chain_of(first)).values_list("action", flat=True)) == ["agent.suspend"]
     result = verify(archives=True)
     assert result.ok, result.problems
     assert result.archived_events == first_segment.events + second_segment.events
@@ -119,15 +130,18 @@ def test_the_database_deletes_only_what_a_named_segment_covers(old_then_new, arc
     segment = audit_archive()
     outside = AuditEvent.objects.filter(chain=chain_of(first)).first()
     for setting in ("", str(segment.pk)):
-        with pytest.raises(DatabaseError, match="append-only"):
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute("SELECT set_config('warden.audit_archive_segment', %s, true)", [setting])
-                cursor.execute("DELETE FROM audit_auditevent WHERE id = %s", [outside.pk])
+        # The application's role may not delete at all; the owner only what a named segment covers.
+        for context, refusal in ((transaction.atomic, "permission denied"), (as_owner, "append-only")):
+            with pytest.raises(DatabaseError, match=refusal):
+                with context(), connection.cursor() as cursor:
+                    cursor.execute("SELECT set_config('warden.audit_archive_segment', %s, true)", [setting])
+                    cursor.execute("DELETE FROM audit_auditevent WHERE id = %s", [outside.pk])
     for statement in ("UPDATE audit_archivesegment SET events = 0", "DELETE FROM audit_archivesegment",
                       "TRUNCATE audit_archivesegment"):
-        with pytest.raises(DatabaseError, match="append-only"):
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(statement)
+        for context, refusal in ((transaction.atomic, "permission denied"), (as_owner, "append-only")):
+            with pytest.raises(DatabaseError, match=refusal):
+                with context(), connection.cursor() as cursor:
+                    cursor.execute(statement)
 
 
 def test_an_altered_or_missing_archive_file_is_caught(old_then_new, archive_dir):
