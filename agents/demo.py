@@ -31,6 +31,14 @@ PRICES = [
     ("tool", "payments-api", 0, 0, 20_000),
     ("tool", "ocr", 0, 0, 15_000),
     ("endpoint", "api.stripe.com", 0, 0, 0),
+    ("endpoint", "*", 0, 0, 1_000),  # every other host reached over HTTP
+]
+# (name, classification, owning team, description)
+DATA_VIEWS = [
+    ("papers-index", Clearance.PUBLIC, "research", "Titles and abstracts of published papers."),
+    ("support-tickets", Clearance.INTERNAL, "support", "Open and recent customer tickets."),
+    ("crm-contacts", Clearance.CONFIDENTIAL, "support", "Customer names, e-mail addresses and plans."),
+    ("supplier-invoices", Clearance.RESTRICTED, "finance-ops", "Invoices with bank details."),
 ]
 # (scope, team, monthly limit in micro-dollars, over the limit)
 BUDGETS = [
@@ -78,6 +86,13 @@ def demo_fleet_ensure(*, owner_username: str = "admin") -> list[str]:
         team = Team.objects.get(name=team_name) if team_name else None
         if not Budget.objects.filter(scope=scope, team=team).exists():
             budget_create(scope=scope, team=team, monthly_limit_micros=limit, on_exceed=on_exceed, by=owner)
+    from governance.models import DataView
+    from governance.services import data_view_create
+
+    for name, classification, team_name, description in DATA_VIEWS:
+        if not DataView.objects.filter(name=name).exists():
+            data_view_create(name=name, classification=classification, team=Team.objects.get(name=team_name),
+                             description=description, by=owner)
     created = []
     for name, team, roles, description, models, tools, clearance in FLEET:
         if Agent.objects.filter(name=name).exists():

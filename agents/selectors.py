@@ -1,6 +1,9 @@
-"""Reads of the registry, always through the permission funnel."""
+"""Reads of the registry, always through the permission funnel; delegation as it stands now."""
 
 from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
 
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
@@ -8,12 +11,13 @@ from django.utils import timezone
 
 from governance.access import can
 from governance.models import RoleGrant
+from governance.selectors import agent_roles, live_grant_filter
 
-from .models import Agent, AgentKey, Delegation, Team
+from .models import Agent, AgentKey, AgentStatus, Delegation, Team
 
 
 def live_grants():
-    return RoleGrant.objects.filter(revoked_at__isnull=True).select_related("role")
+    return RoleGrant.objects.filter(live_grant_filter(timezone.now())).select_related("role")
 
 
 def agent_list(*, user) -> QuerySet[Agent]:
@@ -80,3 +84,82 @@ def agent_actions(*, agent: Agent, limit: int = 25):
     from governance.models import Action
 
     return Action.objects.filter(agent=agent).select_related("approval").order_by("-created_at")[:limit]
+
+
+# --- delegation, judged at every use ------------------------------------------------------------
+
+
+def delegation_hops(delegation: Delegation) -> list[Delegation]:
+    """The hops from the root down to `delegation`, each with its delegator and delegate loaded."""
+    hops = []
+    node = delegation
+    while node is not None:
+        hops.append(node)
+        node = (
+            Delegation.objects.select_related("delegator_user", "delegator_agent", "delegate").get(pk=node.parent_id)
+            if node.parent_id
+            else None
+        )
+    return list(reversed(hops))
+
+
+@dataclass(frozen=True)
+class DelegationState:
+    """A delegation as it stands at one moment, not as it was when created."""
+
+    chain: list[dict]  # as recorded in audit events: the root delegator, then each hop's delegate
+    problem: str | None  # why it cannot be used at all now (None when it can)
+    scopes: frozenset[str]  # what it lends now
+    narrowed: frozenset[str]  # what its last hop names but the root delegator no longer holds
+    root: str  # who lent the authority first
+
+
+def _root_scopes(root: Delegation, at: dt.datetime) -> tuple[frozenset[str] | None, str | None]:
+    """What the root delegator holds now (None: everything in the catalogue), or why it holds nothing."""
+    if root.delegator_user_id:
+        user = root.delegator_user
+        if not user.is_active:
+            return frozenset(), f"delegating user {user.get_username()} is no longer active"
+        if not can(user, "agent.manage"):
+            return frozenset(), f"delegating user {user.get_username()} may no longer manage agents"
+        return None, None
+    return agent_roles(root.delegator_agent_id, at=at).scopes, None
+
+
+def delegation_state(delegation: Delegation, *, at: dt.datetime | None = None) -> DelegationState:
+    """Every hop checked now: unrevoked, unexpired, its delegating and receiving agents still active;
+    and what it lends now: each hop's scopes, narrowed to what the root delegator still holds, so a
+    role revoked upstream narrows everything below it at once.
+    """
+    at = at or timezone.now()
+    hops = delegation_hops(delegation)
+    root = hops[0]
+    if root.delegator_user_id:
+        chain = [{"type": "user", "name": root.delegator_user.get_username()}]
+        root_name = root.delegator_user.get_username()
+    else:
+        chain = [{"type": "agent", "name": root.delegator_agent.name, "id": str(root.delegator_agent_id)}]
+        root_name = root.delegator_agent.name
+    problem = None
+    scopes: set[str] | None = None
+    for hop in hops:
+        chain.append({"type": "agent", "name": hop.delegate.name, "id": str(hop.delegate_id),
+                      "delegation": str(hop.pk), "scopes": sorted(hop.scopes)})
+        scopes = set(hop.scopes) if scopes is None else scopes & set(hop.scopes)
+        label = f"delegation {hop.pk}"
+        if problem:
+            continue
+        if hop.revoked_at is not None:
+            problem = f"{label} was revoked"
+        elif hop.expires_at <= at:
+            problem = f"{label} expired at {hop.expires_at.isoformat()}"
+        elif hop.delegator_agent_id and hop.delegator_agent.status != AgentStatus.ACTIVE:
+            problem = f"{label}: delegating agent {hop.delegator_agent.name} is {hop.delegator_agent.status}"
+        elif hop.delegate.status != AgentStatus.ACTIVE:
+            problem = f"{label}: agent {hop.delegate.name} is {hop.delegate.status}"
+    held, root_problem = _root_scopes(root, at)
+    problem = problem or root_problem
+    lent = frozenset(scopes or ())
+    now_lent = lent if held is None else lent & held
+    return DelegationState(chain=chain, problem=problem, scopes=frozenset() if problem else now_lent,
+                           narrowed=lent - now_lent, root=root_name)

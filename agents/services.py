@@ -16,9 +16,12 @@ from django.utils import timezone
 from audit.services import audit_record
 from governance import credentials
 from governance.exceptions import Conflict
+from governance.gate import actions_cancel, complete_action, request_action
 from governance.models import Role, RoleGrant
 from governance.scopes import unknown_scopes
+from governance.selectors import agent_roles
 
+from . import selectors
 from .models import Agent, AgentKey, AgentStatus, Clearance, Delegation, Team
 
 MAX_DELEGATION_DEPTH = getattr(settings, "WARDEN_MAX_DELEGATION_DEPTH", 3)
@@ -34,7 +37,8 @@ TRANSITIONS = {
 
 
 def _locked(agent: Agent) -> Agent:
-    return Agent.objects.select_for_update(of=("self",)).select_related("team").get(pk=agent.pk)
+    # NO KEY: the gate's inserts reference the agent (a KEY SHARE lock each) and must not wait on this.
+    return Agent.objects.select_for_update(of=("self",), no_key=True).select_related("team").get(pk=agent.pk)
 
 
 def _check_lists(*, allowed_models, allowed_tools) -> None:
@@ -209,10 +213,22 @@ def agent_activate(*, agent: Agent, by) -> Agent:
     return _transition(agent, to=AgentStatus.ACTIVE, by=by, reason="", action="agent.activate")
 
 
-@transaction.atomic
 def agent_suspend(*, agent: Agent, by, reason: str) -> Agent:
-    """The kill switch: effective on the agent's very next gate call."""
-    return _transition(agent, to=AgentStatus.SUSPENDED, by=by, reason=_require_reason(reason), action="agent.suspend")
+    """The kill switch: effective on the agent's very next gate call, and what it was allowed but has
+    not completed is cancelled, its reservations released.
+
+    Two transactions, in this order on purpose: the status change (with its
+    audit event, which holds the agent's chain head until commit) first, then
+    the cancellation, which locks actions, budget periods and chain heads in
+    the order the gate and completions do. A gate decision that was in flight
+    either committed before the first (the cancellation sees its action) or
+    meets the new status when it re-reads it after taking the chain head.
+    """
+    reason = _require_reason(reason)
+    with transaction.atomic():
+        agent = _transition(agent, to=AgentStatus.SUSPENDED, by=by, reason=reason, action="agent.suspend")
+    actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was suspended: {reason}")
+    return agent
 
 
 @transaction.atomic
@@ -223,20 +239,25 @@ def agent_resume(*, agent: Agent, by, reason: str = "") -> Agent:
     return _transition(agent, to=AgentStatus.ACTIVE, by=by, reason=(reason or "").strip()[:500], action="agent.resume")
 
 
-@transaction.atomic
 def agent_retire(*, agent: Agent, by, reason: str) -> Agent:
-    """Final: keys and delegations go with it; history stays."""
-    agent = _transition(agent, to=AgentStatus.RETIRED, by=by, reason=_require_reason(reason), action="agent.retire")
-    now = timezone.now()
-    AgentKey.objects.filter(agent=agent, revoked_at__isnull=True).update(
-        revoked_at=now, revoked_by=by, revoked_reason="agent retired"
-    )
-    Delegation.objects.filter(revoked_at__isnull=True, delegate=agent).update(
-        revoked_at=now, revoked_by=by, revoked_reason="agent retired"
-    )
-    Delegation.objects.filter(revoked_at__isnull=True, delegator_agent=agent).update(
-        revoked_at=now, revoked_by=by, revoked_reason="delegator retired"
-    )
+    """Final: keys and delegations go with it, open allowed actions are cancelled; history stays.
+
+    Two transactions, for the reason agent_suspend gives.
+    """
+    reason = _require_reason(reason)
+    with transaction.atomic():
+        agent = _transition(agent, to=AgentStatus.RETIRED, by=by, reason=reason, action="agent.retire")
+        now = timezone.now()
+        AgentKey.objects.filter(agent=agent, revoked_at__isnull=True).update(
+            revoked_at=now, revoked_by=by, revoked_reason="agent retired"
+        )
+        Delegation.objects.filter(revoked_at__isnull=True, delegate=agent).update(
+            revoked_at=now, revoked_by=by, revoked_reason="agent retired"
+        )
+        Delegation.objects.filter(revoked_at__isnull=True, delegator_agent=agent).update(
+            revoked_at=now, revoked_by=by, revoked_reason="delegator retired"
+        )
+    actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was retired: {reason}")
     return agent
 
 
@@ -319,68 +340,6 @@ def agent_key_rotate(*, key: AgentKey, by, grace_seconds: int = 0) -> tuple[Agen
 # --- delegation ------------------------------------------------------------------------
 
 
-def delegation_chain(delegation: Delegation) -> list[Delegation]:
-    """The hops from the root down to `delegation`."""
-    hops = []
-    node = delegation
-    while node is not None:
-        hops.append(node)
-        node = (
-            Delegation.objects.select_related("delegator_user", "delegator_agent", "delegate").get(pk=node.parent_id)
-            if node.parent_id
-            else None
-        )
-    return list(reversed(hops))
-
-
-def delegation_problem(delegation: Delegation, *, at: dt.datetime | None = None) -> str | None:
-    """Why this delegation cannot be used now (None when it can).
-
-    Checks every hop: revoked, expired, or a delegating/receiving agent no
-    longer active. Revoking any hop therefore invalidates what hangs below it.
-    """
-    at = at or timezone.now()
-    for hop in delegation_chain(delegation):
-        label = f"delegation {hop.pk}"
-        if hop.revoked_at is not None:
-            return f"{label} was revoked"
-        if hop.expires_at <= at:
-            return f"{label} expired at {hop.expires_at.isoformat()}"
-        if hop.delegator_agent_id and hop.delegator_agent.status != AgentStatus.ACTIVE:
-            return f"{label}: delegating agent {hop.delegator_agent.name} is {hop.delegator_agent.status}"
-        if hop.delegate.status != AgentStatus.ACTIVE:
-            return f"{label}: agent {hop.delegate.name} is {hop.delegate.status}"
-    return None
-
-
-def describe_chain(delegation: Delegation) -> list[dict]:
-    """The chain as recorded in audit events: human → agent → agent ..."""
-    hops = delegation_chain(delegation)
-    result = []
-    root = hops[0]
-    if root.delegator_user_id:
-        result.append({"type": "user", "name": root.delegator_user.get_username()})
-    else:
-        result.append({"type": "agent", "name": root.delegator_agent.name, "id": str(root.delegator_agent_id)})
-    for hop in hops:
-        result.append(
-            {"type": "agent", "name": hop.delegate.name, "id": str(hop.delegate_id), "delegation": str(hop.pk),
-             "scopes": sorted(hop.scopes)}
-        )
-    return result
-
-
-def agent_own_scopes(agent: Agent, *, at: dt.datetime | None = None) -> set[str]:
-    """Scopes from the agent's live, unexpired role grants."""
-    at = at or timezone.now()
-    scopes: set[str] = set()
-    grants = RoleGrant.objects.filter(agent=agent, revoked_at__isnull=True).select_related("role")
-    for grant in grants:
-        if grant.expires_at is None or grant.expires_at > at:
-            scopes.update(grant.role.scopes)
-    return scopes
-
-
 @transaction.atomic
 def delegation_create(
     *,
@@ -420,22 +379,20 @@ def delegation_create(
         parent = Delegation.objects.select_for_update(of=("self",)).select_related("delegate").get(pk=parent.pk)
         if by_agent is None or parent.delegate_id != by_agent.pk:
             raise ValidationError({"parent": "Only the agent that received a delegation can pass it on."})
-        problem = delegation_problem(parent, at=now)
-        if problem:
-            raise Conflict(f"The parent delegation cannot be used: {problem}.", code="delegation_invalid")
-        widened = sorted(set(scopes) - set(parent.scopes))
+        state = selectors.delegation_state(parent, at=now)
+        if state.problem:
+            raise Conflict(f"The parent delegation cannot be used: {state.problem}.", code="delegation_invalid")
+        widened = sorted(set(scopes) - state.scopes)
         if widened:
             raise ValidationError({"scopes": f"A delegation cannot widen scopes; the parent does not hold {', '.join(widened)}."})
-        if "agent.delegate" not in parent.scopes:
+        if "agent.delegate" not in state.scopes:
             raise ValidationError({"scopes": "The parent delegation does not include agent.delegate."})
         if expires_at > parent.expires_at:
             raise ValidationError({"expires_at": "A delegation cannot outlive its parent."})
         depth = parent.depth + 1
         limit = parent.max_depth if max_depth is None else min(max_depth, parent.max_depth)
-        chain_agents = {hop.delegate_id for hop in delegation_chain(parent)} | {
-            hop.delegator_agent_id for hop in delegation_chain(parent) if hop.delegator_agent_id
-        }
-        if delegate.pk in chain_agents:
+        chain_agents = {hop["id"] for hop in state.chain if hop["type"] == "agent"}
+        if str(delegate.pk) in chain_agents:
             raise ValidationError({"delegate": "That agent is already in this delegation chain (no cycles)."})
     else:
         depth = 1
@@ -444,7 +401,7 @@ def delegation_create(
             by_agent = Agent.objects.get(pk=by_agent.pk)
             if by_agent.status != AgentStatus.ACTIVE:
                 raise Conflict(f"Agent {by_agent.name} is {by_agent.status} and cannot delegate.")
-            own = agent_own_scopes(by_agent, at=now)
+            own = agent_roles(by_agent.pk, at=now).scopes
             if "agent.delegate" not in own:
                 raise ValidationError({"scopes": f"Agent {by_agent.name} does not hold agent.delegate."})
             widened = sorted(set(scopes) - own)
@@ -474,7 +431,7 @@ def delegation_create(
         actor=by_user if by_user is not None else by_agent,
         agent=delegate,
         resource=f"delegation:{delegation.pk}",
-        delegation_chain=describe_chain(delegation),
+        delegation_chain=selectors.delegation_state(delegation, at=now).chain,
         payload={"scopes": scopes, "depth": depth, "max_depth": limit, "expires_at": expires_at, "purpose": purpose},
     )
     return delegation
@@ -508,8 +465,6 @@ def delegation_by_agent(*, agent: Agent, key, delegate_name: str, scopes, expire
     scopes, policies, audit); only an allowed action creates the delegation,
     and the action is completed with the outcome.
     """
-    from governance.gate import complete_action, request_action
-
     with transaction.atomic():
         action = request_action(
             agent=agent, key=key, action="agent.delegate", resource=delegate_name,
@@ -522,5 +477,5 @@ def delegation_by_agent(*, agent: Agent, key, delegate_name: str, scopes, expire
             delegate=Agent.objects.get(name=delegate_name), by_agent=agent, parent=parent, scopes=scopes,
             expires_at=expires_at, max_depth=max_depth, purpose=purpose,
         )
-        action = complete_action(action=action, status="succeeded", cost_micros=0)
+        action = complete_action(action=action, status="succeeded", usage_source="warden")
     return action, delegation

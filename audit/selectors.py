@@ -14,9 +14,10 @@ def events(*, user) -> QuerySet[AuditEvent]:
     return AuditEvent.objects.all()
 
 
-def events_for_agent(*, agent_id, limit: int = 20):
-    """The newest events about one agent: its own chain, read backwards on the (chain, seq) index."""
-    return AuditEvent.objects.filter(chain=f"agent:{agent_id}").order_by("-seq")[:limit]
+def events_for_agent(*, user, agent_id, limit: int = 20):
+    """The newest events about one agent, for those who may read the audit log: its own chain,
+    read backwards on the (chain, seq) index."""
+    return events(user=user).filter(chain=f"agent:{agent_id}").order_by("-seq")[:limit]
 
 
 def trace(*, user, correlation_id: str) -> list[dict]:

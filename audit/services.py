@@ -18,13 +18,13 @@ import orjson
 from psycopg.types.json import Jsonb
 
 from governance.context import current_correlation_id
+from governance.payloads import canonical_form, clean_text
 from governance.sql import as_saved
 from governance.telemetry import current_trace_id
 
 from .live import publish_on_commit
 from .models import GENESIS, AuditEvent
-
-SECRET_WORDS = ("secret", "password", "token", "authorization", "api_key", "apikey", "private_key")
+from .redaction import redact, redact_text
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,6 @@ class Actor:
 SYSTEM = Actor("system", "", "system")
 
 
-def redact(value):
-    """A copy of a payload with anything that looks like a secret replaced."""
-    if isinstance(value, dict):
-        return {
-            key: "[redacted]" if any(word in str(key).lower() for word in SECRET_WORDS) else redact(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [redact(item) for item in value]
-    if isinstance(value, str) and (value.startswith("wdn_agent_") or value.startswith("wdn_user_")):
-        return "[redacted]"
-    return value
-
-
 HASHED_FIELDS = (
     "chain", "seq", "prev_hash", "occurred_at", "actor_type", "actor_id", "actor_name", "agent_id",
     "agent_name", "team", "delegation_chain", "action", "resource", "outcome", "reasons", "policy_ids",
@@ -89,17 +75,16 @@ def canonical(fields: dict) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
-def as_json_value(value):
-    """`value` as it will come back from a jsonb column: plain JSON types only."""
-    return orjson.loads(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS))
-
-
 def event_hash(fields: dict) -> str:
     return hashlib.sha256(canonical(fields)).hexdigest()
 
 
 EVENT_COLUMNS = (*HASHED_FIELDS, "hash")
 JSON_FIELDS = {"delegation_chain", "reasons", "policy_ids", "payload"}
+# Text columns and their lengths: a longer value is cut (and marked) rather than refused.
+TEXT_FIELDS = {name: AuditEvent._meta.get_field(name).max_length for name in (
+    "actor_type", "actor_id", "actor_name", "agent_name", "team", "action", "resource", "outcome",
+    "data_classification", "correlation_id", "trace_id")}
 INSERT_EVENT = f"""
     WITH event AS (
         INSERT INTO audit_auditevent ({", ".join(EVENT_COLUMNS)})
@@ -159,9 +144,9 @@ def audit_record(
         "team": (team or agent.team.name) if agent is not None else "",
         "delegation_chain": list(delegation_chain),
         "action": action,
-        "resource": resource,
+        "resource": redact_text(resource),
         "outcome": outcome,
-        "reasons": [str(reason) for reason in reasons],
+        "reasons": [redact_text(str(reason)) for reason in reasons],
         "policy_ids": list(policy_ids),
         "policy_version": policy_version,
         "cost_micros": cost_micros,
@@ -170,9 +155,13 @@ def audit_record(
         "trace_id": current_trace_id() or "",
         "payload": redact(payload or {}),
     }
-    # JSON round trip so the hash covers exactly what PostgreSQL will give back.
+    # The canonical form (governance.payloads): the hash covers exactly what PostgreSQL will give back,
+    # whatever a caller handed over.
+    for name, limit in TEXT_FIELDS.items():
+        text = clean_text(str(fields[name]))
+        fields[name] = text if len(text) <= limit else text[: limit - 1] + "…"
     for name in JSON_FIELDS:
-        fields[name] = as_json_value(fields[name])
+        fields[name] = canonical_form(fields[name])
     fields["hash"] = event_hash(fields)
     # The event and the new chain head in one round trip.
     with connection.cursor() as cursor:

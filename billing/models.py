@@ -127,6 +127,11 @@ class LedgerEntry(models.Model):
     reserved_micros = models.BigIntegerField()
     overage_micros = models.BigIntegerField(default=0)
     status = models.CharField(max_length=16)  # succeeded | failed
+    # Who reported the usage the cost was priced from: the agent itself (a claim, over the REST API),
+    # the provider's answer (runtime, gateway), or Warden (work it did itself).
+    usage_source = models.CharField(max_length=16, default="agent")
+    # The completion came after the reservation was released (swept or cancelled): spent, never reserved.
+    unreserved = models.BooleanField(default=False)
     period_start = models.DateField()
     occurred_at = models.DateTimeField()
 

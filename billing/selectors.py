@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import re
 import datetime as dt
 import zoneinfo
 from dataclasses import dataclass
@@ -20,14 +21,21 @@ from .services import period_start
 GROUPS = {"agent": "agent_name", "team": "team", "model": "resource", "day": "day"}
 
 
+MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+
+
 def parse_month(value: str | None) -> dt.date:
-    """'2026-11' -> date(2026, 11, 1); None -> this month. ValueError for anything else."""
+    """'2026-11' -> date(2026, 11, 1); None -> this month. ValueError for anything else.
+
+    Years 2000..9998 only: a month's bounds are computed in WARDEN_TIMEZONE,
+    and year 1 or 9999 would step outside what a datetime can hold.
+    """
     if not value:
         return period_start()
-    year, month = value.split("-")
-    if len(year) != 4 or len(month) != 2:
+    match = MONTH.match(value)
+    if not match or not 2000 <= int(match.group(1)) <= 9998 or not 1 <= int(match.group(2)) <= 12:
         raise ValueError("Give the month as YYYY-MM.")
-    return dt.date(int(year), int(month), 1)
+    return dt.date(int(match.group(1)), int(match.group(2)), 1)
 
 
 @dataclass

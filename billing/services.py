@@ -1,7 +1,10 @@
 """The money side of the gate, and finance's writes: prices and budgets.
 
 The gate calls, inside its transaction: `estimate_cost`, `reserve`, and at
-completion `actual_cost` and `settle`. Amounts are integer micro-dollars.
+completion `actual_cost` and `settle`; `release` when it closes actions that
+never completed. Amounts are integer micro-dollars, and they come from
+Warden's prices: an agent's own figures may raise what is held for it, never
+lower it, and never set what it is charged.
 
 Reservation holds under any concurrency: the covering budget periods of the
 month are locked (SELECT ... FOR UPDATE, always in id order, so two callers
@@ -14,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -30,8 +34,9 @@ DEFAULT_THRESHOLDS = [50, 80, 100]
 
 @dataclass(frozen=True)
 class Estimate:
-    micros: int
+    micros: int  # what is reserved and what policies see: Warden's estimate, raised by the caller's if higher
     problem: str | None = None  # set when the action cannot be priced: the gate denies
+    warden_micros: int = 0  # Warden's own estimate from its prices
 
 
 @dataclass(frozen=True)
@@ -117,25 +122,78 @@ def _price_kind(action: str) -> str | None:
             "tool.http": PriceKind.ENDPOINT}.get(action)
 
 
+DEFAULT_ENDPOINT = "*"  # the price of every host without one of its own
+
+
+def _price_of(action: str, name: str, at: dt.datetime) -> tuple[int, int, int] | None:
+    """(input per million, output per million, per call) Warden charges for this action's resource."""
+    kind = _price_kind(action)
+    price = price_at(kind, name, at)
+    if price is None and kind == PriceKind.ENDPOINT:
+        price = price_at(kind, DEFAULT_ENDPOINT, at)
+    return price
+
+
+def endpoint_host(resource: str) -> str:
+    """The host of a URL or `host[:port][/path]`, lower-case ("" when there is none)."""
+    host = urlsplit(resource).hostname if "://" in resource else resource.split("/")[0].split(":")[0]
+    return (host or "").lower()
+
+
+def _priced_name(action: str, resource: str) -> str:
+    return endpoint_host(resource) if _price_kind(action) == PriceKind.ENDPOINT else resource
+
+
+def _charge(price: tuple[int, int, int], *, calls: int, input_tokens: int, output_tokens: int) -> int:
+    input_price, output_price, per_call = price
+    return per_call * calls + _per_million(input_tokens, input_price) + _per_million(output_tokens, output_price)
+
+
 def estimate_cost(*, action: str, resource: str, cleaned: dict, at: dt.datetime | None = None) -> Estimate:
-    """What to reserve. A model, tool or paid endpoint without a price is refused, never free."""
+    """What to reserve: Warden's price for the call, raised (never lowered) by the caller's estimate.
+
+    A model, tool or endpoint without a price (for endpoints, neither the
+    host's own nor the `*` default) is refused, never free. Reading a data
+    view and delegating have no price: Warden's estimate is 0.
+    """
     at = at or timezone.now()
     declared = cleaned.get("estimated_cost_micros", 0)
     kind = _price_kind(action)
     if kind is None:
         return Estimate(micros=declared)
-    name = cleaned["host"] if kind == PriceKind.ENDPOINT else resource
-    price = price_at(kind, name, at)
+    name = _priced_name(action, resource)
+    price = _price_of(action, name, at)
     if price is None:
-        if action == "tool.http":
-            return Estimate(micros=declared)  # plain HTTP through a tool costs what the caller declares
         label = {"model": "model", "tool": "tool", "endpoint": "external endpoint"}[kind]
         return Estimate(micros=0, problem=f"{label} {name} has no price; finance must price it before it can be used")
-    input_price, output_price, per_call = price
-    micros = per_call
-    if action == "llm.call":
-        micros += _per_million(cleaned["input_tokens"], input_price) + _per_million(cleaned["max_output_tokens"], output_price)
-    return Estimate(micros=max(micros, declared))
+    tokens = (cleaned["input_tokens"], cleaned["max_output_tokens"]) if action == "llm.call" else (0, 0)
+    micros = _charge(price, calls=1, input_tokens=tokens[0], output_tokens=tokens[1])
+    return Estimate(micros=max(micros, declared), warden_micros=micros)
+
+
+def actual_cost(*, action, status: str, usage: dict | None) -> int:
+    """What a completed action costs: Warden's price (as of the decision) applied to the usage.
+
+    Calls: the reported `calls`, at least 1 for a success (0 for a failure
+    that reports none). Tokens: as reported; a successful model call that
+    reports none is charged the tokens it reserved. Reading data and
+    delegating have no price and cost nothing, whatever anyone declares.
+    """
+    if _price_kind(action.action) is None:
+        return 0
+    usage = usage or {}
+    succeeded = status == "succeeded"
+    price = _price_of(action.action, _priced_name(action.action, action.resource), action.created_at)
+    if price is None:  # priced when reserved, so this only happens if history was rewritten
+        return action.reserved_micros
+    calls = usage.get("calls", 1 if succeeded else 0)
+    if succeeded:
+        calls = max(calls, 1)
+    input_tokens, output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
+    if action.action == "llm.call" and succeeded and input_tokens is None and output_tokens is None:
+        input_tokens = action.context.get("input_tokens", 0)
+        output_tokens = action.context.get("max_output_tokens", 0)
+    return _charge(price, calls=calls, input_tokens=input_tokens or 0, output_tokens=output_tokens or 0)
 
 
 # --- reservation and settlement -------------------------------------------------------
@@ -215,108 +273,73 @@ def reserve(*, agent, action_id, micros: int, at: dt.datetime | None = None, cov
     return Reservation(outcome="allowed", micros=micros)
 
 
-def actual_cost(*, action, status: str, usage: dict | None, cost_micros: int | None) -> int:
-    """The actual cost of a completed action from its usage report (failures cost nothing)."""
-    tokens = (0, 0)
-    if usage is not None:
-        if not isinstance(usage, dict):
-            raise ValidationError({"usage": "Must be an object {model, input_tokens, output_tokens}."})
-        if action.action == "llm.call":
-            if usage.get("model") != action.resource:
-                raise ValidationError({"usage.model": f"This action reserved model {action.resource}, not {usage.get('model')!r}."})
-            tokens = (money(usage.get("input_tokens"), "usage.input_tokens", maximum=10**9),
-                      money(usage.get("output_tokens"), "usage.output_tokens", maximum=10**9))
-    if cost_micros is not None:
-        cost_micros = money(cost_micros, "cost_micros")
-    if status == "failed":
-        return 0
-    if cost_micros is not None:
-        return cost_micros
-    if action.action == "llm.call" and usage is not None:
-        price = price_at(PriceKind.MODEL, action.resource, action.created_at)
-        if price is None:  # priced when reserved, so this only happens if history was rewritten
-            return action.estimated_cost_micros
-        return price[2] + _per_million(tokens[0], price[0]) + _per_million(tokens[1], price[1])
-    return action.estimated_cost_micros
+def _release_lines(action_ids: list, *, spend: int = 0) -> list[int]:
+    """Release these actions' reservation lines (their periods locked in id order); the period ids.
 
-
-def _release_lines(action_id, *, spend: int) -> list[int]:
-    """Release this action's reservation lines, adding `spend` to each period; the period ids."""
+    `spend` (one action only) is added to each of its periods as it is released.
+    """
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT period_id FROM billing_reservationline WHERE action_id = %s AND settled_at IS NULL ORDER BY period_id",
-            [action_id],
+            """
+            SELECT id FROM billing_budgetperiod WHERE id IN (
+                SELECT period_id FROM billing_reservationline WHERE action_id = ANY(%s) AND settled_at IS NULL
+            ) ORDER BY id FOR UPDATE
+            """,
+            [action_ids],
         )
         period_ids = [row[0] for row in cursor.fetchall()]
         if not period_ids:
             return []
-        cursor.execute("SELECT id FROM billing_budgetperiod WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [period_ids])
         cursor.execute(
             """
             UPDATE billing_budgetperiod p SET reserved_micros = p.reserved_micros - l.micros,
-                   spent_micros = p.spent_micros + %s
-            FROM billing_reservationline l
-            WHERE l.action_id = %s AND l.settled_at IS NULL AND l.period_id = p.id
+                   spent_micros = p.spent_micros + %s * l.lines
+            FROM (SELECT period_id, sum(micros) AS micros, count(*) AS lines FROM billing_reservationline
+                  WHERE action_id = ANY(%s) AND settled_at IS NULL GROUP BY period_id) l
+            WHERE l.period_id = p.id
             """,
-            [spend, action_id],
+            [spend, action_ids],
         )
-        cursor.execute("UPDATE billing_reservationline SET settled_at = %s WHERE action_id = %s AND settled_at IS NULL",
-                       [timezone.now(), action_id])
+        cursor.execute("UPDATE billing_reservationline SET settled_at = %s WHERE action_id = ANY(%s) AND settled_at IS NULL",
+                       [timezone.now(), action_ids])
     return period_ids
 
 
-def settle(*, action, actual_micros: int) -> dict:
-    """Settle the reservation to the actual cost, write the ledger entry, raise alerts."""
+def release(*, action_ids: list) -> list[int]:
+    """Give back what these actions hold, spending nothing (they were closed without completing)."""
+    return _release_lines(list(action_ids))
+
+
+def settle(*, action, actual_micros: int, usage: dict | None, usage_source: str, unreserved: bool = False) -> dict:
+    """Settle the reservation to the actual cost, write the ledger entry, raise alerts.
+
+    With nothing left reserved (no budget covered the agent then, or the
+    reservation was released before the completion came: `unreserved`), the
+    spend is counted at the budgets covering the agent in the action's month.
+    """
     from . import alerts
 
     now = timezone.now()
-    period_ids = _release_lines(action.pk, spend=actual_micros)
+    month = period_start(action.created_at)
+    period_ids = _release_lines([action.pk], spend=actual_micros)
     if not period_ids and actual_micros:
-        # Nothing was reserved (no budget covered the agent then): count the spend now.
-        rows = _lock_covering(agent_id=action.agent_id, team_id=action.agent.team_id, month=period_start(now))
+        rows = _lock_covering(agent_id=action.agent_id, team_id=action.agent.team_id, month=month)
         period_ids = [row[0] for row in rows]
         BudgetPeriod.objects.filter(pk__in=period_ids).update(spent_micros=F("spent_micros") + actual_micros)
-    overage = max(0, actual_micros - action.reserved_micros) if action.reserved_micros or period_ids else 0
-    usage = (action.usage or {}).get("usage") or {}
+    held = 0 if unreserved else action.reserved_micros
+    overage = max(0, actual_micros - held) if held or period_ids else 0
+    usage = usage or {}
     LedgerEntry.objects.create(
         action=action, agent_id=action.agent_id, agent_name=action.agent.name, team=action.agent.team.name,
         kind=action.action, resource=action.resource,
-        input_tokens=usage.get("input_tokens", 0) if isinstance(usage, dict) else 0,
-        output_tokens=usage.get("output_tokens", 0) if isinstance(usage, dict) else 0,
-        cost_micros=actual_micros, reserved_micros=action.reserved_micros, overage_micros=overage,
-        status=action.status, period_start=period_start(action.created_at), occurred_at=now,
+        input_tokens=usage.get("input_tokens", 0), output_tokens=usage.get("output_tokens", 0),
+        cost_micros=actual_micros, reserved_micros=held, overage_micros=overage, status=action.status,
+        usage_source=usage_source, unreserved=unreserved, period_start=month, occurred_at=now,
     )
     alerts.check_thresholds(period_ids=period_ids)
     alerts.check_spike(agent=action.agent, at=now)
-    return {"settled_micros": actual_micros, "released_micros": max(0, action.reserved_micros - actual_micros),
-            "overage_micros": overage}
-
-
-@transaction.atomic
-def reservations_sweep(*, older_than: dt.timedelta | None = None, limit: int = 500) -> int:
-    """Release reservations of allowed actions never completed; each expiry is audited."""
-    from governance.models import Action, ActionStatus
-
-    older_than = older_than or dt.timedelta(seconds=settings.WARDEN_RESERVATION_TIMEOUT)
-    cutoff = timezone.now() - older_than
-    stale = list(
-        Action.objects.filter(outcome="allowed", status=ActionStatus.DECIDED, created_at__lt=cutoff)
-        .select_related("agent__team").order_by("created_at")[:limit]
-    )
-    expired = 0
-    for action in stale:
-        # Claim it: if a completion or another sweeper got there first, leave it.
-        if Action.objects.filter(pk=action.pk, status=ActionStatus.DECIDED).update(status=ActionStatus.EXPIRED) != 1:
-            continue
-        _release_lines(action.pk, spend=0)
-        expired += 1
-        audit_record(
-            action="budget.reservation.expire", actor=None, agent=action.agent, resource=f"action:{action.pk}",
-            outcome="expired", cost_micros=0,
-            reasons=[f"not completed within {int(older_than.total_seconds())} s; {dollars(action.reserved_micros)} released"],
-            payload={"action_id": str(action.pk), "released_micros": action.reserved_micros},
-        )
-    return expired
+    return {"settled_micros": actual_micros, "released_micros": max(0, held - actual_micros),
+            "overage_micros": overage, "unreserved": unreserved}
 
 
 # --- budgets -----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from . import alerts, services
+from . import alerts
 
 
 @shared_task(name="billing.alert_deliver", autoretry_for=(ConnectionError,), retry_backoff=30, max_retries=5)
@@ -12,4 +12,6 @@ def alert_deliver_task(notification_id: int) -> None:
 
 @shared_task(name="billing.reservations_sweep")
 def reservations_sweep_task() -> int:
-    return services.reservations_sweep()
+    from governance.gate import actions_expire
+
+    return actions_expire()

@@ -23,11 +23,15 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "run.manage": frozenset({ADMIN}),
     "policy.view": frozenset({ADMIN, SECURITY, VIEWER}),
     "policy.manage": frozenset({ADMIN}),
-    "approval.view": frozenset({ADMIN, FINANCE}),
-    "approval.decide": frozenset({ADMIN, FINANCE}),
+    # Approvals are routed to a group (@escalate("<group>"), finance for budgets): each of these groups
+    # sees and decides what is routed to it; admins see the whole queue (governance.selectors).
+    "approval.view": frozenset({ADMIN, FINANCE, SECURITY}),
+    "approval.decide": frozenset({ADMIN, FINANCE, SECURITY}),
     "budget.view": frozenset({ADMIN, FINANCE, VIEWER}),
     "budget.manage": frozenset({FINANCE}),
     "audit.view": frozenset({SECURITY}),
+    "data_view.view": frozenset({ADMIN, FINANCE, SECURITY, VIEWER}),
+    "data_view.manage": frozenset({ADMIN}),
 }
 
 

@@ -4,6 +4,7 @@ from .access import can
 SECTIONS = (
     ("Agents", "agents:list", "agent.view"),
     ("Policies", "governance:policies", "policy.view"),
+    ("Data views", "governance:data-views", "data_view.view"),
     ("Approvals", "governance:approvals", "approval.view"),
     ("Budgets", "billing:budgets", "budget.view"),
     ("Audit", "audit:timeline", "audit.view"),

@@ -28,8 +28,8 @@ def _page(request, status: int, detail: str):
     return render(request, "error.html", {"status": status, "title": TITLES[status], "detail": detail}, status=status)
 
 
-def bad_request(request, exception=None):
-    return _page(request, 400, "The request could not be understood.")
+def bad_request(request, exception=None, detail: str = "The request could not be understood."):
+    return _page(request, 400, detail)
 
 
 def permission_denied(request, exception=None):

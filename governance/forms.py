@@ -60,3 +60,25 @@ class GrantForm(forms.Form):
 
         super().__init__(*args, **kwargs)
         self.fields["role"].queryset = Role.objects.all()
+
+
+class DataViewForm(forms.Form):
+    name = forms.SlugField(max_length=100, help_text="What agents name in data.read, e.g. crm-contacts.")
+    classification = forms.TypedChoiceField(coerce=int, choices=[])
+    team = forms.ModelChoiceField(queryset=None, to_field_name="name", help_text="The team that owns the data.")
+    description = forms.CharField(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+    def __init__(self, *args, **kwargs):
+        from agents.models import Clearance, Team
+
+        super().__init__(*args, **kwargs)
+        self.fields["classification"].choices = Clearance.choices
+        self.fields["team"].queryset = Team.objects.all()
+
+
+class DataViewEditForm(DataViewForm):
+    active = forms.BooleanField(required=False, help_text="A retired view is denied to every agent.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        del self.fields["name"]

@@ -21,24 +21,26 @@ import logging
 import uuid
 import zoneinfo
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from django.db import connection
+
 from agents.models import Agent, AgentStatus, Clearance, Delegation
-from agents.services import delegation_problem, describe_chain
+from agents.selectors import delegation_state
 from audit.services import Actor, audit_record
 from billing import services as billing
 
 from . import sql
 from .context import current_correlation_id
 from .exceptions import Conflict
-from .models import Action, ActionOutcome, ActionStatus, Approval, RoleGrant
+from .models import Action, ActionOutcome, ActionStatus, Approval, DataView
+from .payloads import check_json, clean_usage, text_problem
 from .policy_engine import ACTION_RESOURCE, Request
-from .selectors import policy_set_for
+from .selectors import agent_roles, live_roles, policy_set_for
 from .telemetry import tracer
 
 logger = logging.getLogger(__name__)
@@ -73,29 +75,34 @@ def _int(context: dict, name: str, *, required: bool, maximum: int) -> int:
 
 
 def clean_request(*, action: str, resource: str, context: dict) -> dict:
-    """Check what the caller asked for; raise ValidationError (400) when it cannot be judged."""
+    """Check what the caller asked for; raise ValidationError (400) when it cannot be judged.
+
+    This is the edge for every transport: the context must be in the
+    canonical form (governance.payloads) before anything stores or hashes it.
+    """
     if action not in ACTION_RESOURCE:
         raise ValidationError({"action": f"Unknown action {action!r}; one of {', '.join(ACTION_RESOURCE)}."})
-    if not isinstance(resource, str) or not resource.strip() or len(resource) > 255:
+    if not isinstance(resource, str) or not resource.strip() or len(resource) > 255 or text_problem(resource):
         raise ValidationError({"resource": "A non-empty name of at most 255 characters."})
     if not isinstance(context, dict):
         raise ValidationError({"context": "Must be an object."})
+    check_json(context, field="context")
     cleaned = {
         "estimated_cost_micros": _int(context, "estimated_cost_micros", required=False, maximum=MAX_COST_MICROS),
     }
     if action == "llm.call":
         cleaned["input_tokens"] = _int(context, "input_tokens", required=True, maximum=MAX_TOKENS)
         cleaned["max_output_tokens"] = _int(context, "max_output_tokens", required=True, maximum=MAX_TOKENS)
-    if action == "data.read" or "classification" in context:
-        classification = context.get("classification")
-        if classification not in CLASSIFICATIONS:
-            raise ValidationError({"context.classification": f"One of {', '.join(CLASSIFICATIONS)} (required for data.read)."})
-        cleaned["classification"] = classification
+    if "classification" in context:
+        # Only ever compared with the registry's (data.read) and noted: it decides nothing.
+        if context["classification"] not in CLASSIFICATIONS:
+            raise ValidationError({"context.classification": f"One of {', '.join(CLASSIFICATIONS)}."})
+        cleaned["claimed_classification"] = context["classification"]
     if action in ("tool.http", "external.call"):
-        host = (urlsplit(resource).hostname if "://" in resource else resource.split("/")[0].split(":")[0]) or ""
+        host = billing.endpoint_host(resource)
         if not host:
             raise ValidationError({"resource": "Give a URL or a host name."})
-        cleaned["host"] = host.lower()
+        cleaned["host"] = host
     if action == "agent.delegate":
         scopes = context.get("scopes")
         if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
@@ -124,28 +131,49 @@ def agent_entity(*, name: str, owner: str, team: str, clearance: int, models, to
     }
 
 
-def _resource_entity(action: str, resource: str, cleaned: dict) -> dict:
+@dataclass(frozen=True)
+class Target:
+    entity: dict  # the resource as Cedar sees it
+    classification: int = 0  # of the data touched, from Warden's registry
+    problem: str | None = None  # why it cannot be acted on at all (an unknown data view): a denial
+    notes: tuple[str, ...] = ()  # what the decision should say besides (a classification claim ignored)
+
+
+def _target(action: str, resource: str, cleaned: dict, at: dt.datetime) -> Target:
+    """The resource as Warden knows it. What the caller says about it decides nothing."""
     kind = ACTION_RESOURCE[action]
+    notes = ()
+    claimed = cleaned.get("claimed_classification")
     if kind == "Agent":
         target = Agent.objects.select_related("owner", "team").filter(name=resource).first()
         if target is None:
             raise ValidationError({"resource": f"No agent named {resource!r}."})
-        now = timezone.now()
-        roles = [
-            grant.role.name
-            for grant in RoleGrant.objects.filter(agent=target, revoked_at__isnull=True).select_related("role")
-            if grant.expires_at is None or grant.expires_at > now
-        ]
-        return agent_entity(name=target.name, owner=target.owner.get_username(), team=target.team.name,
-                            clearance=target.clearance, models=target.allowed_models, tools=target.allowed_tools,
-                            role_names=roles)
-    attrs: dict = {}
-    if kind == "DataView":
-        attrs["classification"] = CLASSIFICATIONS[cleaned["classification"]]
-    if kind == "Endpoint":
-        attrs["host"] = cleaned["host"]
-    entity_id = cleaned["host"] if kind == "Endpoint" else resource
-    return {"uid": {"type": kind, "id": entity_id}, "attrs": attrs, "parents": []}
+        roles = agent_roles(target.pk, at=at).names
+        entity = agent_entity(name=target.name, owner=target.owner.get_username(), team=target.team.name,
+                              clearance=target.clearance, models=target.allowed_models,
+                              tools=target.allowed_tools, role_names=roles)
+    elif kind == "DataView":
+        view = DataView.objects.filter(name=resource).values_list("classification", "active").first()
+        entity = {"uid": {"type": kind, "id": resource}, "attrs": {"classification": view[0] if view else 3},
+                  "parents": []}
+        if view is None:
+            return Target(entity, classification=3,
+                          problem=f"no data view named {resource} in Warden's registry; an admin must register it")
+        if not view[1]:
+            return Target(entity, classification=view[0], problem=f"data view {resource} is retired")
+        label = Clearance(view[0]).label
+        if claimed is not None and claimed != label:
+            notes = (f"the request called {resource} {claimed}; Warden's registry classifies it {label}, "
+                     "which is what was judged",)
+        return Target(entity, classification=view[0], notes=notes)
+    else:
+        attrs = {"host": cleaned["host"]} if kind == "Endpoint" else {}
+        entity = {"uid": {"type": kind, "id": cleaned["host"] if kind == "Endpoint" else resource}, "attrs": attrs,
+                  "parents": []}
+    if claimed is not None:
+        notes = (f"context.classification ({claimed}) was ignored: classifications come from Warden's registry "
+                 "of data views",)
+    return Target(entity, notes=notes)
 
 
 @dataclass
@@ -205,20 +233,28 @@ def _local_now() -> dt.datetime:
     return timezone.now().astimezone(zoneinfo.ZoneInfo(settings.WARDEN_TIMEZONE))
 
 
-def _live_roles(grants, now: dt.datetime) -> tuple[set[str], set[str], list[str]]:
-    """(role names, scopes, expired role names) from the snapshot's grants."""
-    names, scopes, expired = set(), set(), []
-    for role, role_scopes, expires_at in grants:
-        if expires_at is not None and dt.datetime.fromisoformat(expires_at) <= now:
-            expired.append(role)
-            continue
-        names.add(role)
-        scopes.update(role_scopes)
-    return names, scopes, expired
-
-
 def _deny(reason: str) -> Judgement:
     return Judgement(ActionOutcome.DENIED, [reason], [], [])
+
+
+def _identity_problem(*, name: str, status: str, status_reason: str, key, agent_id, now) -> str | None:
+    """Why this agent, with this key, may not act now (None when it may)."""
+    if key is not None and (key.revoked_at is not None or (key.expires_at and key.expires_at <= now)
+                            or key.agent_id != agent_id):
+        return "the agent key is revoked, expired or not this agent's"
+    if status != AgentStatus.ACTIVE:
+        return f"agent {name} is {status}" + (f": {status_reason}" if status_reason else "")
+    return None
+
+
+class _Superseded(Exception):
+    """The agent's status changed while this decision was being made: judge again."""
+
+
+def _status_now(agent_id) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT status FROM agents_agent WHERE id = %s", [agent_id])
+        return cursor.fetchone()[0]
 
 
 def request_action(
@@ -234,68 +270,102 @@ def request_action(
     """Judge one action. Raises ValidationError (cannot be judged) or Conflict (idempotency)."""
     context = context if context is not None else {}
     cleaned = clean_request(action=action, resource=resource, context=context)
+    if idempotency_key is not None and (not isinstance(idempotency_key, str) or text_problem(idempotency_key)):
+        raise ValidationError({"idempotency_key": "A string without NUL characters."})
     digest = request_digest(action=action, resource=resource, context=context, on_behalf_of=on_behalf_of)
+    request = dict(agent=agent, action=action, resource=resource, context=context, cleaned=cleaned, key=key,
+                   on_behalf_of=on_behalf_of, digest=digest)
     with tracer.start_as_current_span("gate.request_action") as span:
         span.set_attribute("warden.action", action)
         if idempotency_key:
             existing = Action.objects.filter(agent_id=agent.pk, idempotency_key=idempotency_key).first()
             if existing is not None:
-                return _replay(existing, digest)
+                return _replay(existing, request)
         try:
-            return _judge(agent=agent, action=action, resource=resource, context=context, cleaned=cleaned, key=key,
-                          on_behalf_of=on_behalf_of, idempotency_key=idempotency_key, digest=digest)
+            return _judge_now(**request, idempotency_key=idempotency_key)
         except IntegrityError:
             # A concurrent request with the same idempotency key won the race.
             if not idempotency_key:
                 raise
             existing = Action.objects.get(agent_id=agent.pk, idempotency_key=idempotency_key)
-            return _replay(existing, digest)
+            return _replay(existing, request)
 
 
-def _replay(existing: Action, digest: str) -> Action:
-    if existing.request_digest != digest:
+def _judge_now(**request) -> Action:
+    try:
+        return _judge(**request)
+    except _Superseded:
+        return _judge(**request)  # the second time the new status is read at the start
+
+
+def _replay(existing: Action, request: dict) -> Action:
+    """The same request again: the recorded Action, if the agent and its key may still act now.
+
+    A replay is judged against the present: from an agent that has since been
+    suspended or retired, or with a revoked key or a delegation no longer
+    valid, it is a new denial (recorded and audited like any other), never the
+    old "allowed"; what the old action still held is cancelled.
+    """
+    if existing.request_digest != request["digest"]:
         raise Conflict("This idempotency key was used for a different request.", code="idempotency_mismatch")
-    return existing
+    agent = Agent.objects.filter(pk=existing.agent_id).values_list("name", "status", "status_reason").first()
+    now = timezone.now()
+    problem = _identity_problem(name=agent[0], status=agent[1], status_reason=agent[2], key=request["key"],
+                                agent_id=existing.agent_id, now=now)
+    if problem is None and existing.delegation_id is not None:
+        problem = delegation_state(Delegation.objects.get(pk=existing.delegation_id), at=now).problem
+    if problem is None:
+        return existing
+    if existing.outcome == ActionOutcome.ALLOWED and existing.status == ActionStatus.DECIDED:
+        actions_cancel(agent=existing.agent, by=None, reason=f"replayed while {problem}", action_ids=[existing.pk])
+    return _judge(**request, idempotency_key=None,
+                  denial=f"replay of action {existing.pk} (idempotency key {existing.idempotency_key}): {problem}")
 
 
 @transaction.atomic
-def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idempotency_key, digest) -> Action:
+def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idempotency_key, digest,
+           denial: str | None = None) -> Action:
     now = timezone.now()
     action_id = uuid.uuid4()
     # 1. Identity: the newest committed state, read inside this transaction.
     me = _snapshot(agent.pk)
-    target = _resource_entity(action, resource, cleaned)  # an unknown resource cannot be judged
+    target = _target(action, resource, cleaned, now)  # an unknown agent cannot be judged; an unknown view is denied
+    notes = list(target.notes)
     delegation = None
     chain: list[dict] = []
-    judgement: Judgement | None = None
-    if key is not None and (key.revoked_at is not None or (key.expires_at and key.expires_at <= now) or key.agent_id != agent.pk):
-        judgement = _deny("the agent key is revoked, expired or not this agent's")
-    elif me.status != AgentStatus.ACTIVE:
-        reason = f"agent {me.name} is {me.status}"
-        judgement = _deny(reason + (f": {me.status_reason}" if me.status_reason else ""))
+    judgement: Judgement | None = _deny(denial) if denial else None
+    problem = _identity_problem(name=me.name, status=me.status, status_reason=me.status_reason, key=key,
+                                agent_id=agent.pk, now=now)
+    if judgement is None and problem:
+        judgement = _deny(problem)
+    state = None
     if on_behalf_of is not None:
         delegation = Delegation.objects.select_related("delegate", "delegator_user", "delegator_agent").filter(
             pk=on_behalf_of
         ).first()
         if delegation is None or delegation.delegate_id != agent.pk:
             raise ValidationError({"on_behalf_of": "No such delegation to this agent."})
-        chain = describe_chain(delegation)
-        if judgement is None:
-            problem = delegation_problem(delegation, at=now)
-            if problem:
-                judgement = _deny(f"delegation chain is not valid: {problem}")
+        state = delegation_state(delegation, at=now)
+        chain = state.chain
+        if judgement is None and state.problem:
+            judgement = _deny(f"delegation chain is not valid: {state.problem}")
+    if judgement is None and target.problem:
+        judgement = _deny(target.problem)
 
     # 2. Scopes (and the agent's capability lists).
-    role_names, scopes, expired = _live_roles(me.grants, now)
+    roles = live_roles(me.grants, at=now)
     if judgement is None:
-        held = set(delegation.scopes) if delegation is not None else scopes
+        held = state.scopes if state is not None else roles.scopes
         if action not in held:
-            if delegation is not None:
-                judgement = _deny(f"scope {action} is not in the delegation (it holds {', '.join(sorted(held))})")
-            elif expired and not scopes & {action}:
-                judgement = _deny(f"scope {action} is not granted; role grant(s) expired: {', '.join(sorted(expired))}")
+            if state is not None and action in state.narrowed:
+                judgement = _deny(f"scope {action} was delegated, but {state.root}, who delegated it, no longer "
+                                  f"holds it")
+            elif state is not None:
+                judgement = _deny(f"scope {action} is not in the delegation (it holds {', '.join(sorted(held)) or 'nothing now'})")
+            elif roles.expired and action not in roles.scopes:
+                judgement = _deny(f"scope {action} is not granted; role grant(s) expired: {', '.join(roles.expired)}")
             else:
-                judgement = _deny(f"scope {action} is not granted by the agent's roles ({', '.join(sorted(role_names)) or 'none'})")
+                judgement = _deny(f"scope {action} is not granted by the agent's roles ({', '.join(sorted(roles.names)) or 'none'})")
         elif action == "llm.call" and resource not in me.allowed_models:
             judgement = _deny(f"model {resource} is not in {me.name}'s allowed models")
         elif action == "tool.call" and resource not in me.allowed_tools:
@@ -305,13 +375,13 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
             if widened:
                 judgement = _deny(f"cannot delegate scopes it does not hold: {', '.join(sorted(widened))}")
 
-    # 3. Policies.
+    # 3. Policies, on Warden's own figures: its estimate, the registry's classification.
     estimate = billing.estimate_cost(action=action, resource=resource, cleaned=cleaned, at=now)
     local = _local_now()
     cedar_context = {
         "estimated_cost_micros": estimate.micros,
         "model": resource if action == "llm.call" else "",
-        "data_classification": CLASSIFICATIONS.get(cleaned.get("classification", "public"), 0),
+        "data_classification": target.classification,
         "delegation_depth": delegation.depth if delegation is not None else 0,
         "hour": local.hour,
         "weekday": local.isoweekday(),
@@ -321,11 +391,12 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     if judgement is None:
         try:
             principal = agent_entity(name=me.name, owner=me.owner, team=me.team, clearance=me.clearance,
-                                     models=me.allowed_models, tools=me.allowed_tools, role_names=role_names)
-            entities = [principal, target]
+                                     models=me.allowed_models, tools=me.allowed_tools, role_names=roles.names)
+            entities = [principal, target.entity]
             policy_set = policy_set_for(*me.policy_set)
             policy_version = policy_set.version
-            decision = policy_set.decide(Request(action=action, agent=principal, resource=target, context=cedar_context))
+            decision = policy_set.decide(Request(action=action, agent=principal, resource=target.entity,
+                                                 context=cedar_context))
             judgement = Judgement(decision.outcome, decision.reasons, decision.policies, decision.escalate_to,
                                   decision.observed)
         except ValidationError:
@@ -347,13 +418,14 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
                                       reservation.escalate_to, judgement.observed)
             else:
                 reserved = reservation.micros
+    reasons = [*judgement.reasons, *notes]
 
     fields = {
         "id": action_id, "agent_id": agent.pk, "key_id": key.pk if key is not None else None,
         "delegation_id": delegation.pk if delegation is not None else None, "action": action, "resource": resource,
         "context": context, "cedar_context": cedar_context, "cedar_entities": entities,
         "idempotency_key": idempotency_key or None, "request_digest": digest, "outcome": judgement.outcome,
-        "reasons": judgement.reasons, "policy_ids": judgement.policies, "observed": judgement.observed,
+        "reasons": reasons, "policy_ids": judgement.policies, "observed": judgement.observed,
         "policy_version": policy_version, "delegation_chain": chain, "estimated_cost_micros": estimate.micros,
         "reserved_micros": reserved, "status": ActionStatus.DECIDED, "usage": None, "actual_cost_micros": None,
         "correlation_id": current_correlation_id(), "created_at": now, "completed_at": None,
@@ -364,6 +436,9 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     if judgement.outcome == ActionOutcome.PENDING_APPROVAL:
         Approval.objects.create(action=record, group=judgement.escalate_to[0] if judgement.escalate_to else "admin",
                                 reasons=judgement.reasons)
+    # Before the audit event: the agent row, then its chain head, as a suspension takes them.
+    if me.last_seen_at is None or me.last_seen_at < now - dt.timedelta(seconds=30):
+        Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)
 
     # 5. Audit, in the same transaction.
     audit_record(
@@ -373,45 +448,68 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
         team=me.team,
         resource=f"{ACTION_RESOURCE[action]}::{resource}",
         outcome=judgement.outcome,
-        reasons=judgement.reasons,
+        reasons=reasons,
         delegation_chain=chain,
         policy_ids=judgement.policies,
         policy_version=policy_version,
         cost_micros=estimate.micros,
-        data_classification=cleaned.get("classification", ""),
+        data_classification=Clearance(target.classification).label if action == "data.read" else "",
         payload={"action_id": str(record.pk), "reserved_micros": reserved, "observed": judgement.observed,
-                 "idempotency_key": idempotency_key or ""},
+                 "idempotency_key": idempotency_key or "", "warden_estimate_micros": estimate.warden_micros},
     )
-    if me.last_seen_at is None or me.last_seen_at < now - dt.timedelta(seconds=30):
-        Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)
+    # The chain head is held now; a suspension that committed while this decision was made has written
+    # to it first, so a fresh read sees it. Allow nothing for an agent that is no longer active.
+    if judgement.outcome != ActionOutcome.DENIED and _status_now(agent.pk) != AgentStatus.ACTIVE:
+        raise _Superseded
     return record
 
 
 COMPLETION_STATUSES = (ActionStatus.SUCCEEDED, ActionStatus.FAILED)
+CLOSED_STATUSES = (ActionStatus.EXPIRED, ActionStatus.CANCELLED)
+USAGE_SOURCES = ("agent", "provider", "warden")
 
 
 @transaction.atomic
-def complete_action(*, action: Action, status: str, usage: dict | None = None, cost_micros: int | None = None) -> Action:
-    """Record what happened; settle the reservation. Idempotent for the same report."""
+def complete_action(*, action: Action, status: str, usage: dict | None = None, usage_source: str,
+                    declared_cost_micros: int | None = None) -> Action:
+    """Record what happened; settle the reservation at Warden's prices. Idempotent for the same report.
+
+    The cost is Warden's price applied to the usage reported; `usage_source`
+    says who reported it (the agent itself over the REST API: a claim). A cost
+    the agent declares is kept as a remark and decides nothing. A completion
+    that arrives after the reservation was released (swept, or cancelled by a
+    suspension) is still recorded and its spend counted, flagged unreserved:
+    money spent is never dropped.
+    """
     if status not in COMPLETION_STATUSES:
         raise ValidationError({"status": "Either succeeded or failed."})
+    if usage_source not in USAGE_SOURCES:
+        raise ValueError(f"usage_source must be one of {USAGE_SOURCES}")
+    usage = clean_usage(usage)
+    if declared_cost_micros is not None:
+        declared_cost_micros = billing.money(declared_cost_micros, "cost")
     record = Action.objects.select_for_update(of=("self",)).select_related("agent__team").get(pk=action.pk)
-    report = {"status": status, "usage": usage, "cost_micros": cost_micros}
+    report = {"status": status, "usage": usage, "usage_source": usage_source}
+    if declared_cost_micros is not None:
+        report["declared_cost_micros"] = declared_cost_micros
     if record.status in COMPLETION_STATUSES:
         if record.usage == report:
             return record
         raise Conflict("This action was already completed with a different report.", code="already_completed")
-    if record.outcome != ActionOutcome.ALLOWED:
+    late = record.status in CLOSED_STATUSES
+    if record.outcome != ActionOutcome.ALLOWED and not (record.status == ActionStatus.CANCELLED):
         raise Conflict(f"Only an allowed action can be completed; this one was {record.outcome}.", code="not_allowed")
-    if record.status == ActionStatus.EXPIRED:
-        raise Conflict("The reservation of this action expired; ask the gate again.", code="expired")
-    actual = billing.actual_cost(action=record, status=status, usage=usage, cost_micros=cost_micros)
+    if usage is not None and record.action == "llm.call" and usage.get("model", record.resource) != record.resource:
+        raise ValidationError({"usage.model": f"This action reserved model {record.resource}, not {usage['model']!r}."})
+    actual = billing.actual_cost(action=record, status=status, usage=usage)
+    was = record.status
     record.status = status
     record.usage = report
     record.actual_cost_micros = actual
     record.completed_at = timezone.now()
     record.save(update_fields=["status", "usage", "actual_cost_micros", "completed_at"])
-    settlement = billing.settle(action=record, actual_micros=actual)
+    settlement = billing.settle(action=record, actual_micros=actual, usage=usage, usage_source=usage_source,
+                                unreserved=late)
     audit_record(
         action="gate.complete",
         actor=record.agent,
@@ -419,7 +517,83 @@ def complete_action(*, action: Action, status: str, usage: dict | None = None, c
         resource=f"{ACTION_RESOURCE[record.action]}::{record.resource}",
         outcome=status,
         cost_micros=actual,
-        payload={"action_id": str(record.pk), "usage": usage, "reserved_micros": record.reserved_micros,
+        reasons=[f"completed after the action was {was}: the spend is recorded, unreserved"] if late else [],
+        payload={"action_id": str(record.pk), "usage": usage, "usage_source": usage_source,
+                 "declared_cost_micros": declared_cost_micros, "reserved_micros": record.reserved_micros,
                  **settlement},
     )
     return record
+
+
+# --- closing what was allowed and never completed ---------------------------------------------------
+
+SWEEP_BATCH = 50
+
+
+def _close(*, where: str, params: list, status: str, skip_locked: bool, limit: int, event: str, reason,
+           actor=None) -> int:
+    """Close up to `limit` open allowed actions matching `where`, in one transaction; how many were closed.
+
+    Locks in the order the gate and completions take them, so none of them
+    can deadlock with this: the actions (id order), then their budget periods
+    (id order, billing.release), then the audit chain heads (chain order).
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT id FROM governance_action
+            WHERE outcome = 'allowed' AND status = 'decided' AND {where}
+            ORDER BY id LIMIT %s FOR UPDATE {'SKIP LOCKED' if skip_locked else ''}
+            """,
+            [*params, limit],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        if not ids:
+            return 0
+        billing.release(action_ids=ids)
+        closed = list(Action.objects.filter(pk__in=ids).select_related("agent__team"))
+        closed.sort(key=lambda item: (str(item.agent_id), str(item.pk)))
+        for item in closed:
+            why = reason(item)
+            changes = {"status": status}
+            if status == ActionStatus.CANCELLED:  # no longer allowed: say so wherever it is read
+                changes.update(outcome=ActionOutcome.DENIED, reasons=[*item.reasons, f"cancelled: {why}"])
+            Action.objects.filter(pk=item.pk).update(**changes)
+            audit_record(action=event, actor=actor, agent=item.agent, resource=f"action:{item.pk}",
+                         outcome=status, cost_micros=0, reasons=[why],
+                         payload={"action_id": str(item.pk), "released_micros": item.reserved_micros})
+        return len(ids)
+
+
+def actions_cancel(*, agent, by, reason: str, action_ids=None) -> int:
+    """Cancel the agent's open allowed actions (it was suspended or retired) and release what they held."""
+    where, params = "agent_id = %s", [agent.pk]
+    if action_ids is not None:
+        where, params = "agent_id = %s AND id = ANY(%s)", [agent.pk, list(action_ids)]
+    cancelled = 0
+    while True:
+        done = _close(where=where, params=params, status=ActionStatus.CANCELLED, skip_locked=False,
+                      limit=SWEEP_BATCH, event="action.cancel", reason=lambda item: reason, actor=by)
+        cancelled += done
+        if done < SWEEP_BATCH:
+            return cancelled
+
+
+def actions_expire(*, older_than: dt.timedelta | None = None, batches: int = 20) -> int:
+    """Release the reservations of allowed actions never completed in time (beat, every minute).
+
+    Small batches, each its own transaction; actions a completion holds right
+    now are skipped (it is about to settle them).
+    """
+    older_than = older_than or dt.timedelta(seconds=settings.WARDEN_RESERVATION_TIMEOUT)
+    cutoff = timezone.now() - older_than
+    note = f"not completed within {int(older_than.total_seconds())} s; "
+    expired = 0
+    for _ in range(batches):
+        done = _close(where="created_at < %s", params=[cutoff], status=ActionStatus.EXPIRED, skip_locked=True,
+                      limit=SWEEP_BATCH, event="budget.reservation.expire",
+                      reason=lambda item: note + f"{billing.dollars(item.reserved_micros)} released")
+        expired += done
+        if done < SWEEP_BATCH:
+            break
+    return expired

@@ -30,3 +30,29 @@ class CorrelationIdMiddleware:
             _correlation_id.reset(token)
         response[HEADER] = correlation_id
         return response
+
+
+class RejectNulMiddleware:
+    """A NUL character in the path, the query or a form field is a 400, whatever the page.
+
+    PostgreSQL stores no NUL in text: let one through to a query and the
+    answer is a server error. JSON bodies are checked by the API's parser.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        from .errors import bad_request
+
+        if "\x00" in request.path or "%00" in request.META.get("QUERY_STRING", "") or self._in_form(request):
+            return bad_request(request, detail="The request contains a NUL character, which Warden never accepts.")
+        return self.get_response(request)
+
+    @staticmethod
+    def _in_form(request) -> bool:
+        if request.method != "POST" or request.content_type not in ("application/x-www-form-urlencoded",
+                                                                      "multipart/form-data"):
+            return False
+        return any("\x00" in key or any("\x00" in value for value in values)
+                   for key, values in request.POST.lists())

@@ -7,6 +7,8 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
+from agents.models import Clearance
+
 
 class Role(models.Model):
     """A named bundle of scopes, granted to agents."""
@@ -123,7 +125,28 @@ class ActionStatus(models.TextChoices):
     DECIDED = "decided", "decided"  # allowed and not yet completed, or denied, or pending
     SUCCEEDED = "succeeded", "succeeded"
     FAILED = "failed", "failed"
-    EXPIRED = "expired", "expired"
+    EXPIRED = "expired", "expired"  # allowed, never completed in time: the sweep released its reservation
+    CANCELLED = "cancelled", "cancelled"  # allowed, then its agent was suspended or retired before it completed
+
+
+class DataView(models.Model):
+    """A named view of data an agent may read, with the classification Warden (not the agent) gives it."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    classification = models.PositiveSmallIntegerField(choices=Clearance.choices)
+    team = models.ForeignKey("agents.Team", on_delete=models.PROTECT, related_name="data_views")
+    description = models.TextField(blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class Action(models.Model):

@@ -2,10 +2,55 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+import datetime as dt
+from dataclasses import dataclass
 
-from .models import Policy, PolicySetVersion, PolicyVersion
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from .access import ADMIN, can, user_groups
+from .models import Approval, DataView, Policy, PolicySetVersion, PolicyVersion, RoleGrant
 from .policy_engine import CompiledPolicySet, PolicyRow, compiled
+
+
+# --- which role grants are live: the one rule ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveRoles:
+    names: frozenset[str]
+    scopes: frozenset[str]
+    expired: tuple[str, ...]  # unrevoked grants past their expiry (for a denial's reason)
+
+
+def live_roles(grants, *, at: dt.datetime) -> LiveRoles:
+    """Which of an agent's unrevoked grants count at `at`: those not yet expired.
+
+    `grants` are (role name, role scopes, expires_at) rows: datetimes, or the
+    ISO text the gate's one-query snapshot hands back. `live_grant_filter` is
+    the same rule for querysets.
+    """
+    names, scopes, expired = set(), set(), []
+    for role, role_scopes, expires_at in grants:
+        if isinstance(expires_at, str):
+            expires_at = dt.datetime.fromisoformat(expires_at)
+        if expires_at is not None and expires_at <= at:
+            expired.append(role)
+            continue
+        names.add(role)
+        scopes.update(role_scopes)
+    return LiveRoles(frozenset(names), frozenset(scopes), tuple(sorted(expired)))
+
+
+def live_grant_filter(at: dt.datetime) -> Q:
+    """`live_roles`' rule as a filter on RoleGrant: unrevoked and unexpired at `at`."""
+    return Q(revoked_at__isnull=True) & (Q(expires_at__isnull=True) | Q(expires_at__gt=at))
+
+
+def agent_roles(agent_id, *, at: dt.datetime | None = None) -> LiveRoles:
+    rows = RoleGrant.objects.filter(agent_id=agent_id, revoked_at__isnull=True).values_list(
+        "role__name", "role__scopes", "expires_at")
+    return live_roles(rows, at=at or timezone.now())
 
 
 def current_policy_set() -> tuple[int, str]:
@@ -42,3 +87,39 @@ def active_policy_set() -> CompiledPolicySet:
 
 def policy_list() -> QuerySet[Policy]:
     return Policy.objects.select_related("current", "owner")
+
+
+# --- approvals: each group its own queue ------------------------------------------------------------
+
+
+def approval_list(*, user) -> QuerySet[Approval]:
+    """Approvals routed to one of the user's groups; admins see every group's."""
+    if not can(user, "approval.view"):
+        return Approval.objects.none()
+    approvals = Approval.objects.select_related("action__agent")
+    if user.is_superuser or ADMIN in user_groups(user):
+        return approvals
+    return approvals.filter(group__in=user_groups(user))
+
+
+def approval_may_decide(*, user, approval: Approval) -> bool:
+    """Only the group an approval is routed to decides it."""
+    return can(user, "approval.decide") and (user.is_superuser or approval.group in user_groups(user))
+
+
+# --- data views -------------------------------------------------------------------------------------
+
+
+def data_view_list(*, user) -> QuerySet[DataView]:
+    if not can(user, "data_view.view"):
+        return DataView.objects.none()
+    return DataView.objects.select_related("team", "updated_by")
+
+
+def data_view_get(*, user, name) -> DataView:
+    from django.http import Http404
+
+    try:
+        return data_view_list(user=user).get(name=name)
+    except DataView.DoesNotExist:
+        raise Http404("No such data view.") from None

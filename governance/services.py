@@ -15,7 +15,7 @@ from audit.services import audit_record
 from . import credentials
 from .access import GROUPS
 from .exceptions import Conflict
-from .models import ApiToken, Policy, PolicySetVersion, PolicyVersion, Role, RoleGrant
+from .models import ApiToken, DataView, Policy, PolicySetVersion, PolicyVersion, Role, RoleGrant
 from .policy_engine import check_policy
 from .scopes import unknown_scopes
 
@@ -298,3 +298,80 @@ def policy_set_enabled(*, policy: Policy, enabled: bool, by, reason: str) -> Pol
                  reasons=[reason])
     _publish(by=by, reason=f"{policy.name} {'enabled' if enabled else 'disabled'}: {reason}")
     return policy
+
+
+# --- data views -------------------------------------------------------------------------------------
+
+
+def _clean_classification(value) -> int:
+    from agents.models import Clearance
+
+    labels = {label: number for number, label in Clearance.choices}
+    if isinstance(value, str) and value in labels:
+        return labels[value]
+    if isinstance(value, int) and not isinstance(value, bool) and value in labels.values():
+        return value
+    raise ValidationError({"classification": f"One of {', '.join(labels)}."})
+
+
+def _clean_description(description: str) -> str:
+    description = (description or "").strip()
+    if len(description) > 2000:
+        raise ValidationError({"description": "At most 2000 characters."})
+    return description
+
+
+@transaction.atomic
+def data_view_create(*, name: str, classification, team, by, description: str = "") -> DataView:
+    """Register a view of data; its classification, not an agent's word, is what data.read is judged on."""
+    from django.core.validators import validate_slug
+
+    try:
+        validate_slug(name)
+    except ValidationError:
+        raise ValidationError({"name": "Letters, digits, hyphens and underscores only."}) from None
+    if len(name) > 100:
+        raise ValidationError({"name": "At most 100 characters."})
+    classification = _clean_classification(classification)
+    try:
+        with transaction.atomic():
+            view = DataView.objects.create(name=name, classification=classification, team=team,
+                                           description=_clean_description(description), created_by=by, updated_by=by)
+    except IntegrityError:
+        raise ValidationError({"name": f"A data view named {name!r} already exists."}) from None
+    audit_record(action="data_view.create", actor=by, resource=f"data_view:{name}",
+                 data_classification=view.get_classification_display(),
+                 payload={"classification": view.get_classification_display(), "team": team.name,
+                          "description": view.description})
+    return view
+
+
+@transaction.atomic
+def data_view_update(*, view: DataView, by, classification=None, team=None, description: str | None = None,
+                     active: bool | None = None) -> DataView:
+    """Change a view; a new classification applies to the very next data.read."""
+    view = DataView.objects.select_for_update(of=("self",)).select_related("team").get(pk=view.pk)
+    changes = {}
+    if classification is not None:
+        changes["classification"] = _clean_classification(classification)
+    if team is not None:
+        changes["team"] = team
+    if description is not None:
+        changes["description"] = _clean_description(description)
+    if active is not None:
+        changes["active"] = bool(active)
+    labels = {"classification": lambda value: DataView(classification=value).get_classification_display(),
+              "team": lambda value: value.name}
+    diff = {}
+    for field, value in changes.items():
+        old = getattr(view, field)
+        if old != value:
+            show = labels.get(field, lambda value: value)
+            diff[field] = {"from": show(old), "to": show(value)}
+            setattr(view, field, value)
+    if diff:
+        view.updated_by = by
+        view.save()
+        audit_record(action="data_view.update", actor=by, resource=f"data_view:{view.name}",
+                     data_classification=view.get_classification_display(), payload=diff)
+    return view

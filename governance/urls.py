@@ -19,6 +19,8 @@ section_patterns = [
     path("agents/<uuid:agent_id>/roles/", views.grant_create, name="grant-create"),
     path("agents/<uuid:agent_id>/roles/<int:grant_id>/revoke/", views.grant_revoke, name="grant-revoke"),
     path("approvals/", views.approval_list, name="approvals"),
+    path("data-views/", views.data_view_list, name="data-views"),
+    path("data-views/<slug:name>/", views.data_view_edit, name="data-view-edit"),
 ]
 
 urlpatterns = [

@@ -16,13 +16,14 @@ from django.views.decorators.http import require_GET, require_POST
 from agents import selectors as agent_selectors
 from audit.services import audit_record
 
-from . import services, simulation
+from . import selectors, services, simulation
 from .access import can, require, user_groups
 from .context_processors import SECTIONS
 from .exceptions import Conflict
-from .forms import ApiTokenForm, GrantForm, PolicyEditForm, PolicyForm, RoleForm, SimulateForm, apply_errors
+from .forms import (ApiTokenForm, DataViewEditForm, DataViewForm, GrantForm, PolicyEditForm, PolicyForm, RoleForm,
+                    SimulateForm, apply_errors)
 from .health import readiness
-from .models import ApiToken, Approval, Policy, PolicySetVersion, Role, RoleGrant
+from .models import ApiToken, Policy, PolicySetVersion, Role, RoleGrant
 from .policy_templates import TEMPLATES
 from .selectors import policy_list as policies
 
@@ -69,7 +70,7 @@ def home(request):
 
 @require("approval.view")
 def approval_list(request):
-    approvals = Approval.objects.filter(status="pending").select_related("action__agent").order_by("created_at")
+    approvals = selectors.approval_list(user=request.user).filter(status="pending").order_by("created_at")
     return render(request, "governance/approval_list.html", {"approvals": approvals[:200]})
 
 
@@ -324,3 +325,44 @@ def api_tokens(request):
         response["Cache-Control"] = "no-store"
     return response
 
+
+
+# --- data views -------------------------------------------------------------------------------------
+
+
+@require("data_view.view")
+def data_view_list(request):
+    form = DataViewForm(request.POST or None)
+    if request.method == "POST":
+        if not can(request.user, "data_view.manage"):
+            raise PermissionDenied("data_view.manage")
+        if form.is_valid():
+            try:
+                view = services.data_view_create(by=request.user, **form.cleaned_data)
+            except ValidationError as error:
+                apply_errors(form, error)
+            else:
+                messages.success(request, f"Data view {view.name} registered as {view.get_classification_display()}.")
+                return redirect("governance:data-views")
+    return render(request, "governance/data_view_list.html", {
+        "views": selectors.data_view_list(user=request.user), "form": form,
+        "can_manage": can(request.user, "data_view.manage"),
+    }, status=400 if form.errors else 200)
+
+
+@require("data_view.manage")
+def data_view_edit(request, name):
+    view = selectors.data_view_get(user=request.user, name=name)
+    form = DataViewEditForm(request.POST or None, initial={
+        "classification": view.classification, "team": view.team, "description": view.description, "active": view.active,
+    })
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.data_view_update(view=view, by=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            apply_errors(form, error)
+        else:
+            messages.success(request, f"Data view {view.name} saved.")
+            return redirect("governance:data-views")
+    return render(request, "governance/data_view_form.html", {"form": form, "view": view},
+                  status=400 if form.errors else 200)

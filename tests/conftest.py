@@ -194,6 +194,16 @@ def roles(db):
 
 
 @pytest.fixture
+def data_views(personas, team):
+    """Registered data views: wiki (public), crm (internal), hr-salaries and payroll (restricted)."""
+    from governance.services import data_view_create
+
+    return {name: data_view_create(name=name, classification=label, team=team, by=personas["admin"])
+            for name, label in (("wiki", "public"), ("crm", "internal"), ("hr-salaries", "restricted"),
+                                ("payroll", "restricted"))}
+
+
+@pytest.fixture
 def make_agent(personas, team, roles):
     from agents import services
 

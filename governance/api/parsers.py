@@ -1,6 +1,10 @@
 from django.conf import settings
 from rest_framework import exceptions, parsers, status
 
+from governance.payloads import json_problem
+
+BODY_DEPTH = 32  # fields with a tighter bound (an action's context) check their own
+
 
 class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
@@ -9,7 +13,11 @@ class PayloadTooLarge(exceptions.APIException):
 
 
 class BoundedJSONParser(parsers.JSONParser):
-    """JSON only, and at most WARDEN_API_MAX_BODY bytes (413 otherwise)."""
+    """JSON only, at most WARDEN_API_MAX_BODY bytes (413 otherwise), and nothing PostgreSQL would refuse.
+
+    A body nested too deep for the JSON reader, a NUL or lone surrogate in any
+    string, or an integer past 64 bits is a 400 here, whatever the endpoint.
+    """
 
     def parse(self, stream, media_type=None, parser_context=None):
         request = (parser_context or {}).get("request")
@@ -20,4 +28,13 @@ class BoundedJSONParser(parsers.JSONParser):
             length = 0
         if length > limit:
             raise PayloadTooLarge(f"The request body is {length} bytes; at most {limit} are accepted.")
-        return super().parse(stream, media_type, parser_context)
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError(f"JSON parse error - nested deeper than {BODY_DEPTH} levels.") from None
+        problem = json_problem(data, path="body", max_depth=BODY_DEPTH, floats=True)
+        if problem:
+            where, what = problem
+            raise exceptions.ValidationError({where.removeprefix("body.") if where != "body" else "non_field_errors":
+                                              [what[0].upper() + what[1:] + "."]})
+        return data

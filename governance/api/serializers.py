@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from agents.models import Clearance, Team
 from governance.models import Action, Role
 from governance.scopes import SCOPES
 
@@ -37,6 +38,7 @@ class ActionOutput(serializers.Serializer):
     estimated_cost_micros = serializers.IntegerField()
     reserved = serializers.IntegerField(source="reserved_micros")
     actual_cost_micros = serializers.IntegerField(allow_null=True)
+    usage = serializers.DictField(allow_null=True, help_text="the completion report: status, usage, usage_source")
     delegation_chain = serializers.ListField(child=serializers.DictField())
     approval = serializers.SerializerMethodField()
     correlation_id = serializers.CharField()
@@ -50,8 +52,12 @@ class ActionOutput(serializers.Serializer):
 
 class CompleteInput(serializers.Serializer):
     status = serializers.ChoiceField(choices=["succeeded", "failed"])
-    usage = serializers.DictField(required=False)
-    cost = serializers.JSONField(required=False, help_text="Actual cost in integer micro-dollars")
+    usage = serializers.DictField(
+        required=False, help_text="What was used: model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, "
+                                  "calls (whole numbers). Recorded as the agent's claim (usage_source: agent).")
+    cost = serializers.JSONField(
+        required=False, help_text="What the agent thinks it cost, in integer micro-dollars: kept as a remark. "
+                                  "The charge is always Warden's price applied to the usage.")
 
 
 class PolicyInput(serializers.Serializer):
@@ -174,3 +180,28 @@ class GrantOutput(serializers.Serializer):
     expires_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
 
+
+
+class DataViewInput(serializers.Serializer):
+    name = serializers.SlugField(max_length=100)
+    classification = serializers.ChoiceField(choices=[label for _, label in Clearance.choices])
+    team = serializers.SlugRelatedField(slug_field="name", queryset=Team.objects.all())
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class DataViewUpdateInput(serializers.Serializer):
+    classification = serializers.ChoiceField(choices=[label for _, label in Clearance.choices], required=False)
+    team = serializers.SlugRelatedField(slug_field="name", queryset=Team.objects.all(), required=False)
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    active = serializers.BooleanField(required=False)
+
+
+class DataViewOutput(serializers.Serializer):
+    name = serializers.CharField()
+    classification = serializers.CharField(source="get_classification_display")
+    team = serializers.CharField(source="team.name")
+    description = serializers.CharField()
+    active = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    updated_by = serializers.CharField(source="updated_by.username", default=None)

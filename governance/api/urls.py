@@ -22,6 +22,8 @@ urlpatterns = [
     path("roles/<slug:name>/", views.RoleDetailView.as_view(), name="api-role"),
     path("agents/<uuid:agent_id>/roles/", views.AgentGrantListView.as_view(), name="api-agent-grants"),
     path("agents/<uuid:agent_id>/roles/<int:grant_id>/", views.AgentGrantDetailView.as_view(), name="api-agent-grant"),
+    path("data-views/", views.DataViewListView.as_view(), name="api-data-views"),
+    path("data-views/<slug:name>/", views.DataViewDetailView.as_view(), name="api-data-view"),
     path("", include("agents.api.urls")),
     path("", include("billing.api.urls")),
     path("", include("audit.api.urls")),

@@ -18,7 +18,7 @@ from governance.api.pagination import Pagination
 from governance.api.permissions import IsAgent
 from governance.context import correlation_scope, get_correlation_id
 from governance.models import Action, Policy, PolicySetVersion, RoleGrant, Role
-from governance.selectors import policy_list
+from governance.selectors import data_view_get, data_view_list, policy_list
 
 from . import serializers as s
 
@@ -95,7 +95,8 @@ class ActionCompleteView(APIView):
         action = _action_for(request, action_id)
         data = valid(s.CompleteInput, request.data)
         action = gate.complete_action(
-            action=action, status=data["status"], usage=data.get("usage"), cost_micros=data.get("cost"),
+            action=action, status=data["status"], usage=data.get("usage"), usage_source="agent",
+            declared_cost_micros=data.get("cost"),
         )
         return Response(s.ActionOutput(action).data)
 
@@ -264,3 +265,36 @@ class AgentGrantDetailView(CapabilityView):
             raise Http404("No such grant.") from None
         services.role_revoke(grant=grant, by=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- data views -------------------------------------------------------------------------------------
+
+
+class DataViewListView(CapabilityView):
+    capabilities = {"GET": "data_view.view", "POST": "data_view.manage"}
+
+    @extend_schema(responses=s.DataViewOutput(many=True))
+    def get(self, request):
+        paginator = Pagination()
+        page = paginator.paginate_queryset(data_view_list(user=request.user), request, view=self)
+        return paginator.get_paginated_response(s.DataViewOutput(page, many=True).data)
+
+    @extend_schema(request=s.DataViewInput, responses={201: s.DataViewOutput})
+    def post(self, request):
+        view = services.data_view_create(by=request.user, **valid(s.DataViewInput, request.data))
+        return Response(s.DataViewOutput(data_view_get(user=request.user, name=view.name)).data,
+                        status=status.HTTP_201_CREATED)
+
+
+class DataViewDetailView(CapabilityView):
+    capabilities = {"GET": "data_view.view", "PATCH": "data_view.manage"}
+
+    @extend_schema(responses=s.DataViewOutput)
+    def get(self, request, name):
+        return Response(s.DataViewOutput(data_view_get(user=request.user, name=name)).data)
+
+    @extend_schema(request=s.DataViewUpdateInput, responses=s.DataViewOutput)
+    def patch(self, request, name):
+        view = data_view_get(user=request.user, name=name)
+        services.data_view_update(view=view, by=request.user, **valid(s.DataViewUpdateInput, request.data))
+        return Response(s.DataViewOutput(data_view_get(user=request.user, name=name)).data)

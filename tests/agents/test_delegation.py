@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from agents import services
 from agents.models import Delegation
+from agents.selectors import delegation_state
 from governance.exceptions import Conflict
 
 
@@ -27,10 +28,10 @@ def chain(make_agent, personas):
 
 
 def test_the_chain_is_recorded_from_the_human_down(chain):
-    described = services.describe_chain(chain["hop"])
-    assert [(h["type"], h["name"]) for h in described] == [("user", "admin-user"), ("agent", "lead"), ("agent", "worker")]
+    state = delegation_state(chain["hop"])
+    assert [(h["type"], h["name"]) for h in state.chain] == [("user", "admin-user"), ("agent", "lead"), ("agent", "worker")]
     assert chain["hop"].depth == 2
-    assert services.delegation_problem(chain["hop"]) is None
+    assert state.problem is None and state.scopes == {"llm.call", "agent.delegate"}
 
 
 def test_a_delegation_can_never_widen_scopes(chain):
@@ -78,7 +79,7 @@ def test_cycles_are_refused(chain):
 
 def test_revoking_any_hop_invalidates_what_hangs_below(chain, personas):
     services.delegation_revoke(delegation=chain["root"], by=personas["admin"], reason="project over")
-    problem = services.delegation_problem(chain["hop"])
+    problem = delegation_state(chain["hop"]).problem
     assert problem and "revoked" in problem
     with pytest.raises(Conflict):
         services.delegation_create(
@@ -88,12 +89,12 @@ def test_revoking_any_hop_invalidates_what_hangs_below(chain, personas):
 
 def test_suspending_a_delegating_agent_invalidates_its_delegations(chain, personas):
     services.agent_suspend(agent=chain["lead"], by=personas["security"], reason="odd")
-    assert "lead is suspended" in services.delegation_problem(chain["hop"])
+    assert "lead is suspended" in delegation_state(chain["hop"]).problem
 
 
 def test_an_expired_hop_invalidates_the_chain(chain):
     Delegation.objects.filter(pk=chain["root"].pk).update(expires_at=timezone.now() - dt.timedelta(seconds=1))
-    assert "expired" in services.delegation_problem(chain["hop"])
+    assert "expired" in delegation_state(chain["hop"]).problem
 
 
 def test_an_agent_delegates_only_scopes_its_roles_grant(make_agent, roles):

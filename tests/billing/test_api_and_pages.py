@@ -19,9 +19,11 @@ def test_finance_sets_a_budget_over_the_api_and_watches_it_fill(api_for, bot, po
     action_id = ask(bot, context={"input_tokens": 1000, "max_output_tokens": 1000}).json()["id"]
     line = next(b for b in finance.get("/api/v1/budgets/").json() if b["id"] == budget_id)
     assert (line["reserved_micros"], line["spent_micros"], line["remaining_micros"]) == (750, 0, 4_999_250)
-    bot.post(f"/api/v1/actions/{action_id}/complete/", {"status": "succeeded", "cost": 500}, format="json")
+    # what Warden charges: 1,000 input tokens at $0.15 and 500 output tokens at $0.60 per million
+    bot.post(f"/api/v1/actions/{action_id}/complete/", {"status": "succeeded", "cost": 1,
+             "usage": {"input_tokens": 1000, "output_tokens": 500}}, format="json")
     line = next(b for b in finance.get("/api/v1/budgets/").json() if b["id"] == budget_id)
-    assert (line["reserved_micros"], line["spent_micros"]) == (0, 500)
+    assert (line["reserved_micros"], line["spent_micros"]) == (0, 450)
     patched = finance.patch(f"/api/v1/budgets/{budget_id}/", {"monthly_limit_micros": 6_000_000}, format="json")
     assert patched.json()["monthly_limit_micros"] == 6_000_000
 
@@ -66,18 +68,20 @@ def test_prices_over_the_api_refuse_floats_and_negatives(api_for):
 
 def test_spend_by_agent_team_model_and_day_with_forecast_and_csv(api_for, bot, policy):
     policy("all", PERMIT_ALL)
-    for resource, cost in (("gpt-4o-mini", 300), ("gpt-4o", 700), ("gpt-4o-mini", 100)):
+    # output tokens only: $0.60 (mini) and $10 (gpt-4o) per million, so 500 -> 300 and 70 -> 700 micro-dollars
+    for resource, output_tokens in (("gpt-4o-mini", 500), ("gpt-4o", 70), ("gpt-4o-mini", 500)):
         action_id = ask(bot, resource=resource).json()["id"]
-        bot.post(f"/api/v1/actions/{action_id}/complete/", {"status": "succeeded", "cost": cost}, format="json")
+        bot.post(f"/api/v1/actions/{action_id}/complete/",
+                 {"status": "succeeded", "usage": {"input_tokens": 0, "output_tokens": output_tokens}}, format="json")
     client = api_for("finance")
     by_model = client.get("/api/v1/spend/?group_by=model").json()
-    assert by_model["total_micros"] == 1100
-    assert [(g["key"], g["cost_micros"], g["actions"]) for g in by_model["groups"]] == [("gpt-4o", 700, 1), ("gpt-4o-mini", 400, 2)]
-    assert by_model["forecast_micros"] >= 1100
+    assert by_model["total_micros"] == 1300
+    assert [(g["key"], g["cost_micros"], g["actions"]) for g in by_model["groups"]] == [("gpt-4o", 700, 1), ("gpt-4o-mini", 600, 2)]
+    assert by_model["forecast_micros"] >= 1300
     assert client.get("/api/v1/spend/?group_by=agent").json()["groups"][0]["key"] == "bot"
     assert client.get("/api/v1/spend/?group_by=team").json()["groups"][0]["key"] == "research"
     days = client.get("/api/v1/spend/?group_by=day").json()["groups"]
-    assert len(days) == 1 and days[0]["cost_micros"] == 1100
+    assert len(days) == 1 and days[0]["cost_micros"] == 1300
     assert client.get("/api/v1/spend/?group_by=planet").status_code == 400
     assert client.get("/api/v1/spend/?month=2026-13").status_code == 400
     assert client.get("/api/v1/spend/?month=nope").status_code == 400
@@ -85,7 +89,7 @@ def test_spend_by_agent_team_model_and_day_with_forecast_and_csv(api_for, bot, p
     assert export.status_code == 200 and export["Content-Type"] == "text/csv"
     rows = list(csv.reader(io.StringIO(b"".join(export.streaming_content).decode())))
     assert rows[0][:3] == ["occurred_at", "agent_name", "team"] and len(rows) == 4
-    assert sorted(int(r[7]) for r in rows[1:]) == [100, 300, 700]
+    assert sorted(int(r[7]) for r in rows[1:]) == [300, 300, 700]
 
 
 def test_the_forecast_follows_the_burn_rate():

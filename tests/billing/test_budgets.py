@@ -10,6 +10,7 @@ from agents.models import Team
 from audit.models import AuditEvent
 from billing import services
 from billing.models import BudgetPeriod, LedgerEntry, Notification
+from governance.gate import actions_expire
 from governance.models import Action
 from tests.conftest import ask
 
@@ -106,24 +107,31 @@ def test_a_failure_releases_everything(bot, open_gate):
 def test_an_overage_is_recorded_flagged_and_counted(bot, open_gate):
     team = budget("team", 1_000_000, team=bot.agent.team)
     action_id = ask(bot, context=SMALL).json()["id"]
-    bot.post(f"/api/v1/actions/{action_id}/complete/", {"status": "succeeded", "cost": 2000}, format="json")
+    # reserved 750; used 5,000 input and 2,000 output tokens: 750 + 1,200 = 1,950
+    bot.post(f"/api/v1/actions/{action_id}/complete/",
+             {"status": "succeeded", "usage": {"input_tokens": 5000, "output_tokens": 2000}}, format="json")
     entry = LedgerEntry.objects.get(action_id=action_id)
-    assert (entry.cost_micros, entry.overage_micros) == (2000, 1250)
-    assert period_of(team).spent_micros == 2000
+    assert (entry.cost_micros, entry.overage_micros) == (1950, 1200)
+    assert period_of(team).spent_micros == 1950
 
 
 def test_unfinished_reservations_are_released_by_the_sweep_with_an_audit_event(bot, open_gate):
     team = budget("team", 1_000_000, team=bot.agent.team)
     action_id = ask(bot, context=SMALL).json()["id"]
-    assert services.reservations_sweep(older_than=dt.timedelta(minutes=5)) == 0  # too young
-    Action.objects.filter(pk=action_id).update(created_at=timezone.now() - dt.timedelta(minutes=20))
-    assert services.reservations_sweep(older_than=dt.timedelta(minutes=5)) == 1
+    assert actions_expire(older_than=dt.timedelta(minutes=5)) == 0  # too young
+    assert actions_expire(older_than=dt.timedelta(0)) == 1
     assert period_of(team).reserved_micros == 0
     assert Action.objects.get(pk=action_id).status == "expired"
     assert AuditEvent.objects.filter(action="budget.reservation.expire").count() == 1
-    late = bot.post(f"/api/v1/actions/{action_id}/complete/", {"status": "succeeded"}, format="json")
-    assert late.status_code == 409
-    assert services.reservations_sweep(older_than=dt.timedelta(minutes=5)) == 0  # once only
+    assert actions_expire(older_than=dt.timedelta(0)) == 0  # once only
+    # The agent did act: its late report is still money spent, recorded and counted, flagged unreserved.
+    late = bot.post(f"/api/v1/actions/{action_id}/complete/",
+                    {"status": "succeeded", "usage": {"input_tokens": 1000, "output_tokens": 500}}, format="json")
+    assert late.status_code == 200, late.json()
+    entry = LedgerEntry.objects.get(action_id=action_id)
+    assert (entry.cost_micros, entry.unreserved, entry.reserved_micros, entry.usage_source) == (450, True, 0, "agent")
+    assert (period_of(team).spent_micros, period_of(team).reserved_micros) == (450, 0)
+    assert Action.objects.get(pk=action_id).status == "succeeded"
 
 
 def test_a_new_month_starts_clean_without_a_job(bot, open_gate, settings):
@@ -152,7 +160,7 @@ def test_threshold_alerts_fire_once_per_threshold_per_period(bot, open_gate, dja
     with django_capture_on_commit_callbacks(execute=False):
         for _ in range(2):
             action_id = ask(bot, context=SMALL).json()["id"]
-            bot.post(f"/api/v1/actions/{action_id}/complete/", {"status": "succeeded", "cost": 750}, format="json")
+            bot.post(f"/api/v1/actions/{action_id}/complete/", {"status": "succeeded"}, format="json")  # 750
     assert sorted(Notification.objects.values_list("threshold", flat=True)) == [50, 80, 100]
     from billing.alerts import deliver
 
@@ -274,7 +282,8 @@ def test_the_webhook_receives_a_signed_alert(bot, open_gate, settings, django_ca
     budget("team", 1000, team=bot.agent.team, thresholds=[50])
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         action_id = ask(bot, context=SMALL).json()["id"]
-        bot.post(f"/api/v1/actions/{action_id}/complete/", {"status": "succeeded", "cost": 600}, format="json")
+        bot.post(f"/api/v1/actions/{action_id}/complete/",
+                 {"status": "succeeded", "usage": {"input_tokens": 0, "output_tokens": 1000}}, format="json")  # 600
     deliveries = [c for c in callbacks if "_create" in c.__qualname__]
     assert len(deliveries) == 1  # delivery is queued only once the settlement commits
     from billing.alerts import deliver

@@ -33,8 +33,8 @@ def test_racing_workers_never_overspend_and_are_never_wrongly_refused(make_agent
                 action = request_action(agent=agents[n % 4], action="llm.call", resource="gpt-4o-mini",
                                         context={"input_tokens": tokens, "max_output_tokens": tokens})
                 if action.outcome == "allowed" and rnd.random() < 0.7:
-                    spent = rnd.randrange(0, action.reserved_micros + 1)
-                    complete_action(action=action, status="succeeded", cost_micros=spent)
+                    usage = {"input_tokens": tokens, "output_tokens": rnd.randrange(0, tokens + 1)}
+                    complete_action(action=action, status="succeeded", usage=usage, usage_source="provider")
         except Exception as exc:  # collected and asserted below
             errors.append(exc)
         finally:

@@ -38,13 +38,13 @@ def test_no_permit_means_denied(bot, policy):
     assert Action.objects.get(pk=body["id"]).outcome == "denied"
 
 
-def test_a_forbid_beats_a_permit_and_is_named(bot, policy):
+def test_a_forbid_beats_a_permit_and_is_named(bot, policy, data_views):
     policy("all", PERMIT_ALL)
     policy("no-secrets", "forbid(principal, action == Action::\"data.read\", resource) "
                          "when { resource.classification > principal.clearance };")
-    ok = ask(bot, "data.read", "hr-salaries", {"classification": "internal"}).json()
+    ok = ask(bot, "data.read", "crm", {}).json()
     assert ok["outcome"] == "allowed"
-    body = ask(bot, "data.read", "hr-salaries", {"classification": "restricted"}).json()
+    body = ask(bot, "data.read", "hr-salaries", {}).json()
     assert body["outcome"] == "denied"
     assert body["policies"] == ["no-secrets"]
     assert body["reasons"] == ["forbidden by policy no-secrets"]
@@ -136,7 +136,7 @@ def test_a_revoked_key_cannot_ask_at_all(bot, policy, personas):
     assert not Action.objects.exists()
 
 
-def test_delegation_narrows_what_the_agent_may_do(bot, policy, personas, make_agent):
+def test_delegation_narrows_what_the_agent_may_do(bot, policy, personas, make_agent, data_views):
     from agents.services import delegation_create, delegation_revoke
 
     policy("all", PERMIT_ALL)
@@ -146,7 +146,7 @@ def test_delegation_narrows_what_the_agent_may_do(bot, policy, personas, make_ag
     assert allowed["outcome"] == "allowed"
     assert [hop["name"] for hop in allowed["delegation_chain"]] == ["admin-user", "bot"]
     # the agent's own role grants data.read, but the delegation does not
-    narrowed = ask(bot, "data.read", "crm", {"classification": "public"}, on_behalf_of=str(delegation.pk)).json()
+    narrowed = ask(bot, "data.read", "crm", {}, on_behalf_of=str(delegation.pk)).json()
     assert narrowed["outcome"] == "denied" and "not in the delegation" in narrowed["reasons"][0]
     delegation_revoke(delegation=delegation, by=personas["admin"])
     revoked = ask(bot, on_behalf_of=str(delegation.pk)).json()

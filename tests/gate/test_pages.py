@@ -110,8 +110,16 @@ def test_the_agent_page_lists_its_recent_actions(client_for, policy, bot):
     assert "forbidden by policy no-4o" in page
 
 
-def test_pending_approvals_are_listed_for_approvers(client_for, policy, bot):
+def test_pending_approvals_are_listed_for_the_group_they_are_routed_to(client_for, policy, bot):
     policy("all", PERMIT_ALL)
     policy("esc", '@escalate("finance")\nforbid(principal, action, resource == Model::"gpt-4o");')
+    policy("sec", '@escalate("security")\nforbid(principal, action, resource == Model::"gpt-4o-mini");')
     ask(bot, resource="gpt-4o")
-    assert b"requires approval by finance" in client_for("finance").get("/approvals/").content
+    ask(bot, resource="gpt-4o-mini")
+    finance = client_for("finance").get("/approvals/").content.decode()
+    security = client_for("security").get("/approvals/").content.decode()
+    admin = client_for("admin").get("/approvals/").content.decode()
+    assert "requires approval by finance" in finance and "requires approval by security" not in finance
+    assert "requires approval by security" in security and "requires approval by finance" not in security
+    assert "requires approval by finance" in admin and "requires approval by security" in admin
+    assert client_for("viewer").get("/approvals/").status_code == 403

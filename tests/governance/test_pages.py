@@ -5,7 +5,8 @@ import pytest
 PAGES = {
     "/agents/": {"admin", "finance", "security", "viewer"},
     "/policies/": {"admin", "security", "viewer"},
-    "/approvals/": {"admin", "finance"},
+    "/data-views/": {"admin", "finance", "security", "viewer"},
+    "/approvals/": {"admin", "finance", "security"},
     "/budgets/": {"admin", "finance", "viewer"},
     "/audit/": {"security"},
 }
