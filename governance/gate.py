@@ -585,7 +585,8 @@ def actions_expire(*, older_than: dt.timedelta | None = None, batches: int = 20)
     Small batches, each its own transaction; actions a completion holds right
     now are skipped (it is about to settle them).
     """
-    older_than = older_than or dt.timedelta(seconds=settings.WARDEN_RESERVATION_TIMEOUT)
+    if older_than is None:
+        older_than = dt.timedelta(seconds=settings.WARDEN_RESERVATION_TIMEOUT)
     cutoff = timezone.now() - older_than
     note = f"not completed within {int(older_than.total_seconds())} s; "
     expired = 0

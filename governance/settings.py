@@ -7,6 +7,7 @@ development values (DEBUG=1, a local SECRET_KEY) explicitly in scripts/devstack.
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -89,6 +90,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "axes",
     "governance.apps.GovernanceConfig",
     "agents.apps.AgentsConfig",
     "billing.apps.BillingConfig",
@@ -106,6 +108,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into the sign-in page's 429
 ]
 
 ROOT_URLCONF = "governance.urls"
@@ -204,6 +207,22 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses sign-ins from a locked-out username + address
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Sign-in lockout (django-axes, counted in PostgreSQL): after this many failures for one username
+# from one address, that pair is refused for the cool-off; a success resets the count.
+WARDEN_SIGNIN_FAILURE_LIMIT = envint("WARDEN_SIGNIN_FAILURE_LIMIT", 5)
+WARDEN_SIGNIN_LOCKOUT_MINUTES = envint("WARDEN_SIGNIN_LOCKOUT_MINUTES", 15)
+AXES_FAILURE_LIMIT = WARDEN_SIGNIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=WARDEN_SIGNIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # sign-ins are in the audit log already
+AXES_LOCKOUT_CALLABLE = "governance.views.sign_in_locked_out"
+AXES_VERBOSE = False
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -225,6 +244,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "governance.api.authentication.BearerAuthentication",
         "rest_framework.authentication.SessionAuthentication",
+        "governance.api.authentication.AnonymousLimit",  # counts what nothing above authenticated
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -233,7 +253,14 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "governance.api.exceptions.problem_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "governance.api.pagination.Pagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_THROTTLE_RATES": {},
+    # Per client address (governance/api/throttles.py): bad bearer credentials, and requests with none.
+    "DEFAULT_THROTTLE_RATES": {
+        "bad_credentials": envstr("WARDEN_API_BAD_CREDENTIALS_RATE", "20/min"),
+        "anon": envstr("WARDEN_API_ANONYMOUS_RATE", "120/min"),
+    },
+    # The client address is REMOTE_ADDR unless Warden sits behind this many proxies that append to
+    # X-Forwarded-For; a client's own X-Forwarded-For is never believed.
+    "NUM_PROXIES": envint("WARDEN_NUM_PROXIES", 0),
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -246,6 +273,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {"DataClassificationEnum": ["public", "internal", "confidential", "restricted"]},
+    # AnonymousLimit authenticates nobody (it only counts): no security scheme to describe.
+    "AUTHENTICATION_WHITELIST": ["governance.api.authentication.BearerAuthentication",
+                                 "rest_framework.authentication.SessionAuthentication"],
 }
 
 # --- Warden ---------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
@@ -40,10 +41,26 @@ class SignInView(LoginView):
         return response
 
     def form_invalid(self, form):
+        # What was typed as the username is kept (as text); what was typed as the password never is.
         attempted = (form.data.get("username") or "")[:150]
-        audit_record(action="auth.sign_in_failed", actor=None, outcome="denied", resource=f"user:{attempted}",
-                     reasons=["wrong username or password"], payload={"ip": self.request.META.get("REMOTE_ADDR", "")})
+        locked = bool(getattr(self.request, "axes_locked_out", False))
+        reason = (f"too many failed sign-ins: locked for {settings.WARDEN_SIGNIN_LOCKOUT_MINUTES} minutes" if locked
+                  else "wrong username or password")
+        audit_record(action="auth.sign_in_failed", actor=None, outcome="locked" if locked else "denied",
+                     resource=f"user:{attempted}", reasons=[reason],
+                     payload={"ip": self.request.META.get("REMOTE_ADDR", "")})
         return super().form_invalid(form)
+
+
+def sign_in_locked_out(request, original_response=None, credentials=None):
+    """django-axes' lockout answer: the sign-in page again, saying why, with 429."""
+    from django.contrib.auth.forms import AuthenticationForm
+
+    return render(request, "registration/login.html", {
+        "form": AuthenticationForm(request), "locked_out": True,
+        "username": (request.POST.get("username") or "")[:150],
+        "cooloff_minutes": settings.WARDEN_SIGNIN_LOCKOUT_MINUTES,
+    }, status=429)
 
 
 @require_GET

@@ -120,6 +120,16 @@ def tasks_stay_in_the_test():
     app.conf.broker_url = previous
 
 
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    """Abuse counters live in Redis, which outlives each test's database: start every test at zero."""
+    from django.core.cache import cache
+
+    cache.delete_many([f"throttle_{scope}_{address}" for scope in ("bad_credentials", "anon")
+                       for address in ("127.0.0.1", "10.9.8.7")])
+    yield
+
+
 @pytest.fixture(autouse=True, scope="session")
 def fast_password_hasher():
     """PBKDF2 costs ~300 ms a user by design; tests need logins, not that cost."""

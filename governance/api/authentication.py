@@ -16,6 +16,8 @@ from agents.principal import AgentPrincipal
 from governance import credentials
 from governance.models import ApiToken
 
+from .throttles import Anonymous, BadCredentials
+
 # last_used_at is written at most this often per credential, not on every call.
 LAST_USED_RESOLUTION = dt.timedelta(seconds=30)
 INVALID = "Invalid, expired or revoked credential."
@@ -53,6 +55,8 @@ def resolve_bearer(secret: str):
 
 
 class BearerAuthentication(authentication.BaseAuthentication):
+    """Bearer credentials; an address that sent too many bad ones is refused (429) before any lookup."""
+
     keyword = "Bearer"
 
     def authenticate(self, request):
@@ -62,10 +66,25 @@ class BearerAuthentication(authentication.BaseAuthentication):
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer":
             return None
+        failures = BadCredentials()
+        if failures.exceeded(request):
+            raise failures.refuse()
         result = resolve_bearer(secret.strip())
         if result is None:
+            if not failures.count(request):
+                raise failures.refuse()
             raise exceptions.AuthenticationFailed(INVALID)
         return result
 
     def authenticate_header(self, request):
         return 'Bearer realm="warden"'
+
+
+class AnonymousLimit(authentication.BaseAuthentication):
+    """Last in line: a request no credential authenticated is counted, and refused (429) past the rate."""
+
+    def authenticate(self, request):
+        anonymous = Anonymous()
+        if not anonymous.count(request):
+            raise anonymous.refuse()
+        return None
