@@ -21,7 +21,7 @@ from .services import period_start
 GROUPS = {"agent": "agent_name", "team": "team", "model": "resource", "day": "day"}
 
 
-MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+MONTH = re.compile(r"^([0-9]{4})-([0-9]{2})$")
 
 
 def parse_month(value: str | None) -> dt.date:

@@ -204,16 +204,19 @@ def covering(team_id: str, agent_id: str) -> str:
 
 
 COVERING = covering("%s", "%s")
+# Lock order, everywhere budget periods are locked: by budget, then month. The periods a month opens are
+# inserted in that order too, and never while this transaction holds a period lock: a transaction
+# that has locked periods and then waits on another's uncommitted period insert is a deadlock.
 OPEN_PERIODS_SQL = f"""
 INSERT INTO billing_budgetperiod (budget_id, period_start, spent_micros, reserved_micros)
-SELECT b.id, %s, 0, 0 FROM billing_budget b WHERE b.active AND {COVERING}
+SELECT b.id, %s, 0, 0 FROM billing_budget b WHERE b.active AND {COVERING} ORDER BY b.id
 ON CONFLICT (budget_id, period_start) DO NOTHING
 """
 LOCK_PERIODS_SQL = f"""
 SELECT p.id, p.spent_micros, p.reserved_micros, b.monthly_limit_micros, b.on_exceed, b.id, b.scope
 FROM billing_budgetperiod p JOIN billing_budget b ON b.id = p.budget_id
 WHERE p.period_start = %s AND b.active AND {COVERING}
-ORDER BY p.id FOR UPDATE OF p
+ORDER BY p.budget_id FOR UPDATE OF p
 """
 RESERVE_SQL = """
 WITH reserved AS (
@@ -224,21 +227,25 @@ SELECT %s, period_id, %s FROM unnest(%s::bigint[]) AS period_id
 """
 
 
-def _lock_covering(*, agent_id, team_id, month: dt.date, covering: int | None = None) -> list[tuple]:
+def open_periods(team_id: str, agent_id: str, month: str) -> str:
+    """SQL: how many of this month's periods of the budgets covering the agent exist (for the gate's snapshot)."""
+    return (f"(SELECT count(*) FROM billing_budgetperiod p JOIN billing_budget b ON b.id = p.budget_id "
+            f"WHERE p.period_start = {month} AND b.active AND {covering(team_id, agent_id)})")
+
+
+def _lock_covering(*, agent_id, team_id, month: dt.date, covering: int | None = None,
+                   open_: int | None = None) -> list[tuple]:
     """Lock this month's periods of the covering budgets, opening the missing ones first.
 
-    `covering` (how many active budgets cover the agent, if the caller knows)
-    saves the round trips: none when 0, and no opening when all are open.
+    `covering` and `open_` (how many active budgets cover the agent, and how
+    many of their periods this month exist, if the caller knows) save round
+    trips: none when nothing covers it, no opening when all are open.
     """
     if covering == 0:
         return []
     with connection.cursor() as cursor:
-        if covering is not None:
-            cursor.execute(LOCK_PERIODS_SQL, [month, team_id, agent_id])
-            rows = cursor.fetchall()
-            if len(rows) >= covering:
-                return rows
-        cursor.execute(OPEN_PERIODS_SQL, [month, team_id, agent_id])
+        if covering is None or open_ is None or open_ < covering:
+            cursor.execute(OPEN_PERIODS_SQL, [month, team_id, agent_id])
         cursor.execute(LOCK_PERIODS_SQL, [month, team_id, agent_id])
         return cursor.fetchall()
 
@@ -248,9 +255,11 @@ def _budget_label(scope: str, budget_id: int) -> str:
     return budget.label
 
 
-def reserve(*, agent, action_id, micros: int, at: dt.datetime | None = None, covering: int | None = None) -> Reservation:
+def reserve(*, agent, action_id, micros: int, at: dt.datetime | None = None, covering: int | None = None,
+            open_: int | None = None) -> Reservation:
     """Reserve `micros` at every budget covering the agent this month, or at none."""
-    rows = _lock_covering(agent_id=agent.pk, team_id=agent.team_id, month=period_start(at), covering=covering)
+    rows = _lock_covering(agent_id=agent.pk, team_id=agent.team_id, month=period_start(at), covering=covering,
+                          open_=open_)
     if not rows:
         return Reservation(outcome="allowed", micros=micros)
     over = [row for row in rows if micros and row[1] + row[2] + micros > row[3]]
@@ -283,7 +292,7 @@ def _release_lines(action_ids: list, *, spend: int = 0) -> list[int]:
             """
             SELECT id FROM billing_budgetperiod WHERE id IN (
                 SELECT period_id FROM billing_reservationline WHERE action_id = ANY(%s) AND settled_at IS NULL
-            ) ORDER BY id FOR UPDATE
+            ) ORDER BY budget_id, period_start FOR UPDATE
             """,
             [action_ids],
         )

@@ -192,6 +192,7 @@ class Snapshot:
     grants: list  # [[role, scopes, expires_at iso | None], ...]
     policy_set: tuple[int, str]  # (number, published) of the newest policy set
     budgets: int  # active budgets covering the agent
+    open_periods: int  # of their periods this month, those that exist already
 
 
 SNAPSHOT_SQL = """
@@ -201,7 +202,8 @@ SELECT a.name, a.status, a.status_reason, a.clearance, a.allowed_models, a.allow
                  FROM governance_rolegrant g JOIN governance_role r ON r.id = g.role_id
                  WHERE g.agent_id = a.id AND g.revoked_at IS NULL), '[]'::json),
        (SELECT json_build_array(number, created_at) FROM governance_policysetversion ORDER BY number DESC LIMIT 1),
-       (SELECT count(*) FROM billing_budget b WHERE b.active AND {covering})
+       (SELECT count(*) FROM billing_budget b WHERE b.active AND {covering}),
+       {open_periods}
 FROM agents_agent a JOIN {users} u ON u.id = a.owner_id JOIN agents_team t ON t.id = a.team_id
 WHERE a.id = %s
 """
@@ -213,20 +215,19 @@ def _snapshot_sql() -> str:
 
     User = get_user_model()
     return SNAPSHOT_SQL.format(username=User._meta.get_field(User.USERNAME_FIELD).column, users=User._meta.db_table,
-                               covering=billing.covering("a.team_id", "a.id"))
+                               covering=billing.covering("a.team_id", "a.id"),
+                               open_periods=billing.open_periods("a.team_id", "a.id", "%s"))
 
 
-def _snapshot(agent_id) -> Snapshot:
-    from django.db import connection
-
+def _snapshot(agent_id, month: dt.date) -> Snapshot:
     with connection.cursor() as cursor:
-        cursor.execute(_snapshot_sql(), [agent_id])
+        cursor.execute(_snapshot_sql(), [month, agent_id])
         row = cursor.fetchone()
     if row is None:
         raise Agent.DoesNotExist
-    *fields, grants, policy_set, budgets = row
+    *fields, grants, policy_set, budgets, open_periods = row
     policy_set = (int(policy_set[0]), dt.datetime.fromisoformat(policy_set[1]).isoformat()) if policy_set else (0, "")
-    return Snapshot(*fields, grants=grants, policy_set=policy_set, budgets=budgets)
+    return Snapshot(*fields, grants=grants, policy_set=policy_set, budgets=budgets, open_periods=open_periods)
 
 
 def _local_now() -> dt.datetime:
@@ -292,10 +293,13 @@ def request_action(
 
 
 def _judge_now(**request) -> Action:
-    try:
-        return _judge(**request)
-    except _Superseded:
-        return _judge(**request)  # the second time the new status is read at the start
+    for _ in range(3):
+        try:
+            return _judge(**request)
+        except _Superseded:
+            continue  # judged again: the new status is read at the start
+    # The status kept changing under it (suspended, resumed, suspended ...): fail closed.
+    return _judge(**request, denial="the agent's status changed while this request was judged; ask again")
 
 
 def _replay(existing: Action, request: dict) -> Action:
@@ -328,7 +332,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     now = timezone.now()
     action_id = uuid.uuid4()
     # 1. Identity: the newest committed state, read inside this transaction.
-    me = _snapshot(agent.pk)
+    me = _snapshot(agent.pk, billing.period_start(now))
     target = _target(action, resource, cleaned, now)  # an unknown agent cannot be judged; an unknown view is denied
     notes = list(target.notes)
     delegation = None
@@ -412,7 +416,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
             judgement = _deny(estimate.problem)
         else:
             reservation = billing.reserve(agent=agent, action_id=action_id, micros=estimate.micros, at=now,
-                                          covering=me.budgets)
+                                          covering=me.budgets, open_=me.open_periods)
             if reservation.outcome != ActionOutcome.ALLOWED:
                 judgement = Judgement(reservation.outcome, reservation.reasons, judgement.policies,
                                       reservation.escalate_to, judgement.observed)

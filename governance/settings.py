@@ -327,5 +327,6 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "celery": {"level": LOG_LEVEL},
+        "axes": {"level": "WARNING"},  # it logs every reset at INFO; lockouts are in the audit log
     },
 }

@@ -34,3 +34,15 @@ def test_a_wrong_password_is_refused_with_a_message(live_server, personas):
         assert "didn't match" in page.inner_text("[role=alert]")
         assert page.url.startswith(f"{live_server.url}/login/")
         page.screenshot(path=str(SHOTS / "sign-in-refused.png"))
+
+
+def test_repeated_wrong_passwords_lock_the_sign_in_with_a_message(live_server, personas):
+    with chromium() as browser:
+        page = browser.new_page()
+        for _ in range(5):
+            sign_in(page, live_server.url, "finance-user", "guess")
+        assert "Too many failed sign-ins for finance-user" in page.inner_text("[role=alert]")
+        sign_in(page, live_server.url, "finance-user", PASSWORD)  # the right one, too late
+        assert "Too many failed sign-ins" in page.inner_text("[role=alert]")
+        assert page.url.startswith(f"{live_server.url}/login/")
+        page.screenshot(path=str(SHOTS / "sign-in-locked.png"))

@@ -1,0 +1,79 @@
+"""Abuse limits: bad credentials and anonymous calls to the API, repeated failed sign-ins."""
+
+from __future__ import annotations
+
+from django.db import connection
+from django.test import Client
+from rest_framework.test import APIClient
+
+from audit.models import AuditEvent
+from tests.conftest import PASSWORD
+
+BAD = "wdn_agent_AAAAAAAA_" + "B" * 40
+
+
+def client(address="127.0.0.1", **headers) -> APIClient:
+    api = APIClient(REMOTE_ADDR=address, **headers)
+    return api
+
+
+def test_bad_credentials_are_throttled_per_address_before_any_lookup(api_for, django_assert_max_num_queries):
+    attacker = client(HTTP_AUTHORIZATION=f"Bearer {BAD}")
+    statuses = [attacker.get("/api/v1/me/").status_code for _ in range(20)]
+    assert statuses == [401] * 20
+    refused = attacker.get("/api/v1/me/")
+    assert refused.status_code == 429 and refused["Content-Type"] == "application/problem+json"
+    assert int(refused["Retry-After"]) > 0
+    # Past the limit the address is refused before a single lookup, valid credential or not ...
+    with django_assert_max_num_queries(0):
+        assert client(HTTP_AUTHORIZATION=f"Bearer {BAD}").get("/api/v1/me/").status_code == 429
+    valid = api_for("admin")
+    assert valid.get("/api/v1/me/").status_code == 429
+    # ... and a forged X-Forwarded-For does not make it someone else.
+    assert client(HTTP_AUTHORIZATION=f"Bearer {BAD}", HTTP_X_FORWARDED_FOR="203.0.113.9").get("/api/v1/me/").status_code == 429
+    # Another address is unaffected.
+    valid.defaults["REMOTE_ADDR"] = "10.9.8.7"
+    assert valid.get("/api/v1/me/").status_code == 200
+
+
+def test_anonymous_calls_are_throttled(db):
+    anonymous = client()
+    statuses = [anonymous.get("/api/v1/agents/").status_code for _ in range(120)]
+    assert set(statuses) == {401}
+    assert anonymous.get("/api/v1/agents/").status_code == 429
+    assert anonymous.get("/api/schema/").status_code == 429
+
+
+def test_without_redis_the_limits_fail_closed(api_for, settings):
+    valid = api_for("admin")
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:9/0",
+                                   "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2}}}
+    response = valid.get("/api/v1/me/")
+    assert response.status_code == 503 and response["Content-Type"] == "application/problem+json"
+    assert "Rate limits cannot be checked" in response.json()["detail"]
+
+
+def sign_in(username: str, password: str):
+    return Client(REMOTE_ADDR="127.0.0.1").post("/login/", {"username": username, "password": password})
+
+
+def test_repeated_failed_sign_ins_lock_the_account_from_that_address(personas):
+    typed = "Tr0ub4dor&3-wrong"
+    assert [sign_in("admin-user", typed).status_code for _ in range(5)] == [200, 200, 200, 200, 429]
+    locked = sign_in("admin-user", PASSWORD)  # even the right password, for now
+    assert locked.status_code == 429
+    assert b"Too many failed sign-ins for admin-user" in locked.content
+    assert "_auth_user_id" not in locked.wsgi_request.session
+    # Someone else signing in from the same address is not locked out by it.
+    assert sign_in("viewer-user", PASSWORD).status_code == 302
+    events = list(AuditEvent.objects.filter(action="auth.sign_in_failed").order_by("id"))
+    assert [event.outcome for event in events] == ["denied"] * 4 + ["locked", "locked"]
+    assert "too many failed sign-ins" in events[-1].reasons[0]
+    # What was typed as a password is nowhere: not in the audit log, not in the lockout records.
+    with connection.cursor() as cursor:
+        for table in ("audit_auditevent", "axes_accessattempt", "axes_accessfailurelog"):
+            cursor.execute(f"SELECT count(*) FROM {table} t WHERE t::text LIKE %s", [f"%{typed}%"])
+            assert cursor.fetchone()[0] == 0, table
+        cursor.execute("SELECT count(*) FROM axes_accessattempt")
+        assert cursor.fetchone()[0] >= 1
