@@ -75,3 +75,15 @@ def test_unknown_pages_get_a_friendly_404(client_for):
     response = client_for("viewer").get("/no-such-page/")
     assert response.status_code == 404
     assert b"There is nothing here" in response.content
+
+
+def test_a_nul_character_anywhere_in_a_request_is_400_not_a_server_error(client_for, policy):
+    from governance.models import Policy
+
+    policy("p", "permit(principal, action, resource);")
+    admin = client_for("admin")
+    assert admin.get("/policies/simulate/?policy=%00").status_code == 400
+    assert admin.get("/policies/simulate/?policy=p").status_code == 200
+    refused = admin.post("/policies/p/toggle/", {"enabled": "0", "reason": "off\x00"})
+    assert refused.status_code == 400 and b"NUL character" in refused.content
+    assert Policy.objects.get(name="p").enabled
