@@ -5,6 +5,10 @@ from __future__ import annotations
 from django import forms
 from django.contrib.auth import get_user_model
 from django.db.models import Q
+from django.utils import timezone
+
+from governance.models import RoleGrant
+from governance.selectors import live_grant_filter
 
 from .models import AgentStatus
 
@@ -27,7 +31,6 @@ class AgentFilter(forms.Form):
         if data.get("owner"):
             queryset = queryset.filter(**{f"owner__{get_user_model().USERNAME_FIELD}": data["owner"]})
         if data.get("role"):
-            queryset = queryset.filter(
-                role_grants__role__name=data["role"], role_grants__revoked_at__isnull=True
-            ).distinct()
+            live = RoleGrant.objects.filter(live_grant_filter(timezone.now()), role__name=data["role"])
+            queryset = queryset.filter(pk__in=live.values("agent_id"))
         return queryset

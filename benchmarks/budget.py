@@ -1,7 +1,9 @@
 """Reservations per second against one hot team budget (plus the org budget), 8 threads.
 
 Each reservation is its own transaction, as the gate passes it: the number of
-covering budgets is known from the gate's identity query.
+covering budgets and of this month's periods already open are known from the
+gate's identity query (opened here before the clock starts, as the month's first
+reservation would).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from billing import services
-from billing.models import BudgetPeriod
+from billing.models import Budget, BudgetPeriod
 from governance.models import Action
 
 
@@ -25,6 +27,8 @@ def run(report, agents, *, threads: int = 8, per_thread: int = 400) -> None:
     team_budget = services.budget_create(scope="team", team=agents[0].team, monthly_limit_micros=10**12, by=finance)
     services.budget_create(scope="organisation", monthly_limit_micros=10**12, by=finance)
     now = timezone.now()
+    for budget in (team_budget, Budget.objects.get(scope="organisation")):  # this month, opened
+        BudgetPeriod.objects.get_or_create(budget=budget, period_start=services.period_start(now))
     total = threads * per_thread
     ids = [uuid.uuid4() for _ in range(total)]
     Action.objects.bulk_create([
@@ -39,7 +43,7 @@ def run(report, agents, *, threads: int = 8, per_thread: int = 400) -> None:
         for i in range(per_thread):
             k = n * per_thread + i
             with transaction.atomic():
-                services.reserve(agent=hot[k % len(hot)], action_id=ids[k], micros=1_000, covering=2)
+                services.reserve(agent=hot[k % len(hot)], action_id=ids[k], micros=1_000, covering=2, open_=2)
         connection.close()
 
     workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]

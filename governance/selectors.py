@@ -23,18 +23,22 @@ class LiveRoles:
     expired: tuple[str, ...]  # unrevoked grants past their expiry (for a denial's reason)
 
 
-def live_roles(grants, *, at: dt.datetime) -> LiveRoles:
-    """Which of an agent's unrevoked grants count at `at`: those not yet expired.
+def grant_live(expires_at, *, at: dt.datetime) -> bool:
+    """The rule, for one unrevoked grant: it counts until its expiry (none: for ever)."""
+    if isinstance(expires_at, str):  # as the gate's one-query snapshot hands it back
+        expires_at = dt.datetime.fromisoformat(expires_at)
+    return expires_at is None or expires_at > at
 
-    `grants` are (role name, role scopes, expires_at) rows: datetimes, or the
-    ISO text the gate's one-query snapshot hands back. `live_grant_filter` is
-    the same rule for querysets.
+
+def live_roles(grants, *, at: dt.datetime) -> LiveRoles:
+    """Which of an agent's unrevoked grants count at `at`, by `grant_live`.
+
+    `grants` are (role name, role scopes, expires_at) rows. `live_grant_filter`
+    is the same rule for querysets.
     """
     names, scopes, expired = set(), set(), []
     for role, role_scopes, expires_at in grants:
-        if isinstance(expires_at, str):
-            expires_at = dt.datetime.fromisoformat(expires_at)
-        if expires_at is not None and expires_at <= at:
+        if not grant_live(expires_at, at=at):
             expired.append(role)
             continue
         names.add(role)

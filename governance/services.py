@@ -18,6 +18,7 @@ from .exceptions import Conflict
 from .models import ApiToken, DataView, Policy, PolicySetVersion, PolicyVersion, Role, RoleGrant
 from .policy_engine import check_policy
 from .scopes import unknown_scopes
+from .selectors import grant_live
 
 DEMO_USERS = {
     "admin": "admin",
@@ -137,7 +138,7 @@ def role_grant(*, agent, role: Role, by, expires_at: dt.datetime | None = None) 
         raise ValidationError({"expires_at": "The expiry must be in the future."})
     live = RoleGrant.objects.filter(agent=agent, role=role, revoked_at__isnull=True).first()
     if live is not None:
-        if live.expires_at is None or live.expires_at > timezone.now():
+        if grant_live(live.expires_at, at=timezone.now()):
             raise ValidationError({"role": f"{agent.name} already holds {role.name}."})
         live.revoked_at = timezone.now()  # an expired grant makes way for the new one
         live.revoked_by = by

@@ -9,6 +9,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from governance.scopes import SCOPES
+from governance.selectors import agent_roles
 
 from ..models import AgentKey, Clearance, Delegation, Team
 from ..selectors import key_state
@@ -78,7 +79,7 @@ class AgentOutput(serializers.Serializer):
     def get_roles(self, agent) -> list[str]:
         grants = getattr(agent, "live_grants", None)
         if grants is None:
-            grants = agent.role_grants.filter(revoked_at__isnull=True).select_related("role")
+            return sorted(agent_roles(agent.pk).names)
         return sorted(grant.role.name for grant in grants)
 
 
