@@ -115,7 +115,7 @@ class DelegationState:
 
 
 def _root_scopes(root: Delegation, at: dt.datetime) -> tuple[frozenset[str] | None, str | None]:
-    """What the root delegator holds now (None: everything in the catalogue), or why it holds nothing."""
+    """What the root delegator holds now (None: everything in the catalogue), or why it may lend nothing."""
     if root.delegator_user_id:
         user = root.delegator_user
         if not user.is_active:
@@ -123,13 +123,17 @@ def _root_scopes(root: Delegation, at: dt.datetime) -> tuple[frozenset[str] | No
         if not can(user, "agent.manage"):
             return frozenset(), f"delegating user {user.get_username()} may no longer manage agents"
         return None, None
-    return agent_roles(root.delegator_agent_id, at=at).scopes, None
+    held = agent_roles(root.delegator_agent_id, at=at).scopes
+    if "agent.delegate" not in held:
+        return frozenset(), f"delegating agent {root.delegator_agent.name} no longer holds agent.delegate"
+    return held, None
 
 
 def delegation_state(delegation: Delegation, *, at: dt.datetime | None = None) -> DelegationState:
-    """Every hop checked now: unrevoked, unexpired, its delegating and receiving agents still active;
-    and what it lends now: each hop's scopes, narrowed to what the root delegator still holds, so a
-    role revoked upstream narrows everything below it at once.
+    """Every hop checked now: unrevoked, unexpired, its delegating and receiving agents still active, its
+    delegator still entitled to lend (the root by its roles or its group, every hop below by what the hop
+    above still lends it, agent.delegate included); and what it lends now: each hop's scopes, narrowed
+    to what the hop above lends now, so a role revoked upstream narrows everything below it at once.
     """
     at = at or timezone.now()
     hops = delegation_hops(delegation)
@@ -140,12 +144,10 @@ def delegation_state(delegation: Delegation, *, at: dt.datetime | None = None) -
     else:
         chain = [{"type": "agent", "name": root.delegator_agent.name, "id": str(root.delegator_agent_id)}]
         root_name = root.delegator_agent.name
-    problem = None
-    scopes: set[str] | None = None
-    for hop in hops:
+    held, problem = _root_scopes(root, at)  # what the delegator of the next hop holds now (None: all)
+    for depth, hop in enumerate(hops):
         chain.append({"type": "agent", "name": hop.delegate.name, "id": str(hop.delegate_id),
                       "delegation": str(hop.pk), "scopes": sorted(hop.scopes)})
-        scopes = set(hop.scopes) if scopes is None else scopes & set(hop.scopes)
         label = f"delegation {hop.pk}"
         if problem:
             continue
@@ -157,9 +159,11 @@ def delegation_state(delegation: Delegation, *, at: dt.datetime | None = None) -
             problem = f"{label}: delegating agent {hop.delegator_agent.name} is {hop.delegator_agent.status}"
         elif hop.delegate.status != AgentStatus.ACTIVE:
             problem = f"{label}: agent {hop.delegate.name} is {hop.delegate.status}"
-    held, root_problem = _root_scopes(root, at)
-    problem = problem or root_problem
-    lent = frozenset(scopes or ())
-    now_lent = lent if held is None else lent & held
+        elif depth > 0 and "agent.delegate" not in held:
+            problem = f"{label}: {hop.delegator_agent.name} is no longer lent agent.delegate"
+        if depth < len(hops) - 1:
+            held = set(hop.scopes) if held is None else held & set(hop.scopes)
+    last = frozenset(hops[-1].scopes)
+    now_lent = last if held is None else last & frozenset(held)
     return DelegationState(chain=chain, problem=problem, scopes=frozenset() if problem else now_lent,
-                           narrowed=lent - now_lent, root=root_name)
+                           narrowed=last - now_lent, root=root_name)

@@ -215,7 +215,8 @@ def agent_activate(*, agent: Agent, by) -> Agent:
 
 def agent_suspend(*, agent: Agent, by, reason: str) -> Agent:
     """The kill switch: effective on the agent's very next gate call, and what it was allowed but has
-    not completed is cancelled, its reservations released.
+    not completed is cancelled, its reservations released. Pressed on a suspended agent, it runs the
+    cancellation again (should the first have been cut short) and changes nothing else.
 
     Two transactions, in this order on purpose: the status change (with its
     audit event, which holds the agent's chain head until commit) first, then
@@ -226,8 +227,12 @@ def agent_suspend(*, agent: Agent, by, reason: str) -> Agent:
     """
     reason = _require_reason(reason)
     with transaction.atomic():
-        agent = _transition(agent, to=AgentStatus.SUSPENDED, by=by, reason=reason, action="agent.suspend")
-    actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was suspended: {reason}")
+        current = _locked(agent)
+        if current.status == AgentStatus.SUSPENDED:
+            agent = current  # pressed again: the cancellation below runs again, nothing else changes
+        else:
+            agent = _transition(current, to=AgentStatus.SUSPENDED, by=by, reason=reason, action="agent.suspend")
+    actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was suspended: {agent.status_reason}")
     return agent
 
 
@@ -292,7 +297,7 @@ def agent_key_issue(*, agent: Agent, by, name: str = "", expires_at: dt.datetime
 
 @transaction.atomic
 def agent_key_revoke(*, key: AgentKey, by, reason: str = "") -> AgentKey:
-    key = AgentKey.objects.select_for_update(of=("self",)).select_related("agent__team").get(pk=key.pk)
+    key = AgentKey.objects.select_for_update(of=("self",), no_key=True).select_related("agent__team").get(pk=key.pk)
     if key.revoked_at is not None:
         return key  # revoking twice changes nothing
     key.revoked_at = timezone.now()
@@ -315,7 +320,7 @@ def agent_key_rotate(*, key: AgentKey, by, grace_seconds: int = 0) -> tuple[Agen
     """A new key for the same agent; the old one stops now or after a grace period."""
     if not 0 <= grace_seconds <= 7 * 24 * 3600:
         raise ValidationError({"grace_seconds": "Between 0 and 604800 (7 days)."})
-    old = AgentKey.objects.select_for_update(of=("self",)).select_related("agent").get(pk=key.pk)
+    old = AgentKey.objects.select_for_update(of=("self",), no_key=True).select_related("agent").get(pk=key.pk)
     if old.revoked_at is not None:
         raise Conflict("A revoked key cannot be rotated; issue a new key instead.", code="key_revoked")
     new_key, secret = agent_key_issue(agent=old.agent, by=by, name=old.name, expires_at=old.expires_at if (
@@ -376,7 +381,7 @@ def delegation_create(
         raise Conflict(f"Agent {delegate.name} is {delegate.status}; only an active agent can receive a delegation.")
 
     if parent is not None:
-        parent = Delegation.objects.select_for_update(of=("self",)).select_related("delegate").get(pk=parent.pk)
+        parent = Delegation.objects.select_for_update(of=("self",), no_key=True).select_related("delegate").get(pk=parent.pk)
         if by_agent is None or parent.delegate_id != by_agent.pk:
             raise ValidationError({"parent": "Only the agent that received a delegation can pass it on."})
         state = selectors.delegation_state(parent, at=now)
@@ -439,7 +444,7 @@ def delegation_create(
 
 @transaction.atomic
 def delegation_revoke(*, delegation: Delegation, by, reason: str = "") -> Delegation:
-    delegation = Delegation.objects.select_for_update(of=("self",)).select_related("delegate__team").get(pk=delegation.pk)
+    delegation = Delegation.objects.select_for_update(of=("self",), no_key=True).select_related("delegate__team").get(pk=delegation.pk)
     if delegation.revoked_at is not None:
         return delegation
     delegation.revoked_at = timezone.now()
@@ -463,19 +468,29 @@ def delegation_by_agent(*, agent: Agent, key, delegate_name: str, scopes, expire
 
     Returns (action, delegation or None). The gate judges first (identity,
     scopes, policies, audit); only an allowed action creates the delegation,
-    and the action is completed with the outcome.
+    and the action is completed with the outcome: succeeded, or failed (and
+    the error raised) when the delegation itself is refused.
+
+    Three transactions, each writing to one audit chain: the decision and the
+    completion to the delegator's, the delegation to the delegate's. One
+    transaction holding both chain heads, taken in whatever order the two
+    agents come, could deadlock with another that takes them the other way
+    (a delegation back, or the sweep, which takes heads in chain order).
     """
-    with transaction.atomic():
-        action = request_action(
-            agent=agent, key=key, action="agent.delegate", resource=delegate_name,
-            context={"scopes": sorted(set(scopes))}, on_behalf_of=parent_id, idempotency_key=idempotency_key,
-        )
-        if action.outcome != "allowed" or action.status != "decided":
-            return action, None
+    action = request_action(
+        agent=agent, key=key, action="agent.delegate", resource=delegate_name,
+        context={"scopes": sorted(set(scopes))}, on_behalf_of=parent_id, idempotency_key=idempotency_key,
+    )
+    if action.outcome != "allowed" or action.status != "decided":
+        return action, None
+    try:
         parent = Delegation.objects.get(pk=parent_id) if parent_id else None
         delegation = delegation_create(
             delegate=Agent.objects.get(name=delegate_name), by_agent=agent, parent=parent, scopes=scopes,
             expires_at=expires_at, max_depth=max_depth, purpose=purpose,
         )
-        action = complete_action(action=action, status="succeeded", usage_source="warden")
+    except (ValidationError, Conflict):
+        complete_action(action=action, status="failed", usage_source="warden")
+        raise
+    action = complete_action(action=action, status="succeeded", usage_source="warden")
     return action, delegation

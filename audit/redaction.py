@@ -1,14 +1,16 @@
 """What never reaches the audit log: secrets, by the name of their key or by their look.
 
-- A value whose key is exactly a secret's name (`password`, `api_key`,
-  `Authorization`, ...; case and `-`/`_` do not matter) is replaced whole.
-  Exact names, not substrings: `input_tokens` and `max_output_tokens` are
-  counts, never redacted.
+- A value whose key names a secret (`password`, `api_key`, `Authorization`,
+  `accessToken`, `X-Auth-Token`, `db_password`, ...: the key's last word, or
+  last two, in snake_case) is replaced whole. Whole words, never substrings:
+  `input_tokens`, `max_output_tokens` and `token_count` are counts, never
+  redacted.
 - Anywhere in any string, at any depth, whatever its key: Warden's own
   credentials, bearer and basic credentials, the common shapes of provider
   keys (OpenAI/Anthropic, AWS, GitHub, GitLab, Slack, Google, Stripe), JSON
-  web tokens, PEM private keys and passwords in URLs are cut out of the text,
-  which otherwise stays readable.
+  web tokens, PEM private keys, passwords in URLs and secret-named query
+  parameters (`?api_key=...&token=...`) are cut out of the text, which
+  otherwise stays readable.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ import re
 
 REDACTED = "[redacted]"
 
-SECRET_KEYS = frozenset({
-    "password", "passwd", "passphrase", "secret", "client_secret", "secret_key", "secret_access_key",
-    "token", "access_token", "refresh_token", "id_token", "session_token", "auth_token", "api_token",
-    "bearer_token", "api_key", "apikey", "x_api_key", "private_key", "authorization",
-    "proxy_authorization", "cookie", "set_cookie", "credentials", "client_key",
+# A key is a secret's name when, written in snake_case (`accessToken`, `X-Auth-Token` and
+# `access_token` are the same), it is one of these or ends in one: `db_password`, `client_secret`,
+# `x_amz_security_token`. Whole words only: `input_tokens`, `token_count` and `idempotency_key` are
+# not secrets.
+SECRET_NAMES = frozenset({
+    "password", "passwd", "passphrase", "secret", "token", "apikey", "api_key", "private_key",
+    "secret_key", "access_key", "client_key", "authorization", "cookie", "credentials", "credential",
 })
+SECRET_WORDS = frozenset(name for name in SECRET_NAMES if "_" not in name)
+SECRET_PAIRS = frozenset(name for name in SECRET_NAMES if "_" in name)
+CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 SECRET_SHAPES = re.compile("|".join(f"(?:{shape})" for shape in (
     r"\bwdn_(?:agent|user)_[A-Za-z0-9]{8}_[A-Za-z0-9]{16,}",  # Warden agent keys and API tokens
@@ -43,14 +50,26 @@ SECRET_SHAPES = re.compile("|".join(f"(?:{shape})" for shape in (
 URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]+):[^/\s@]+(?=@)")
 
 
+# secret=... in a query string or a form body, whatever the text around it
+QUERY_SECRET = re.compile(
+    r"(?i)(?<![A-Za-z0-9_])((?:[a-z0-9]+[_-])*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|"
+    r"private[_-]?key|signature|sig|auth)=)[^&\s#\"']+")
+
+
 def is_secret_key(key) -> bool:
-    return isinstance(key, str) and key.strip().lower().replace("-", "_") in SECRET_KEYS
+    if not isinstance(key, str):
+        return False
+    words = [word for word in re.split(r"[_\W]+", CAMEL.sub("_", key.strip()).lower()) if word]
+    if not words:
+        return False
+    return words[-1] in SECRET_WORDS or "_".join(words[-2:]) in SECRET_PAIRS
 
 
 def redact_text(text: str) -> str:
     if not text:
         return text
     text = SECRET_SHAPES.sub(REDACTED, text)
+    text = QUERY_SECRET.sub(lambda match: match.group(1) + REDACTED, text)
     return URL_PASSWORD.sub(lambda match: f"{match.group(1)}:{REDACTED}", text)
 
 

@@ -106,6 +106,20 @@ def archive_signature(segment) -> str:
     return hmac.new(archive_key().encode(), archive_manifest(segment).encode(), hashlib.sha256).hexdigest()
 
 
+def _signature_v1(segment) -> str:
+    """How segments written before migration audit 0007 were signed (the signing key over JSON)."""
+    utc = dt.timezone.utc
+    return _mac({"kind": "archive", "created_at": segment.created_at.astimezone(utc).isoformat(),
+                 "cutoff": segment.cutoff.astimezone(utc).isoformat(), "file_name": segment.file_name,
+                 "sha256": segment.sha256, "events": segment.events, "chains": segment.chains})
+
+
+def segment_signed(segment) -> bool:
+    """The segment's signature checks out, in the current form or, for older segments, the first one."""
+    return any(hmac.compare_digest(signature, segment.signature)
+               for signature in (archive_signature(segment), _signature_v1(segment)))
+
+
 _JSON_AT = [HASHED_FIELDS.index(name) for name in JSON_FIELDS]
 _SORT_KEYS = orjson.OPT_SORT_KEYS
 
@@ -211,7 +225,7 @@ def archive_anchors(result: Result | None = None) -> dict[str, tuple[int, str]]:
     anchors: dict[str, tuple[int, str]] = {}
     for segment in ArchiveSegment.objects.order_by("created_at", "id"):
         result.archived_events += segment.events
-        if not hmac.compare_digest(archive_signature(segment), segment.signature):
+        if not segment_signed(segment):
             result.fail(chain=None, seq=None, event_id=None,
                         problem=f"archive segment {segment.pk} ({segment.file_name}): signature does not match")
             continue

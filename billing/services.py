@@ -15,6 +15,8 @@ values, and reserved all together or not at all.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import re
 import zoneinfo
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -134,10 +136,35 @@ def _price_of(action: str, name: str, at: dt.datetime) -> tuple[int, int, int] |
     return price
 
 
+HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
 def endpoint_host(resource: str) -> str:
-    """The host of a URL or `host[:port][/path]`, lower-case ("" when there is none)."""
-    host = urlsplit(resource).hostname if "://" in resource else resource.split("/")[0].split(":")[0]
-    return (host or "").lower()
+    """The host a URL or `host[:port][/path]` names, in its one spelling ("" when it names none).
+
+    Lower-case, IDNA-encoded, without a trailing dot; percent-escapes and
+    anything that is not a host name or an IP address name none. Prices and
+    policies see this spelling, so `API.example.com.` and `api.example.com`
+    are one host to both.
+    """
+    try:
+        host = urlsplit(resource if "://" in resource else "//" + resource).hostname or ""
+    except ValueError:
+        return ""
+    host = host.rstrip(".")
+    if not host or "%" in host:
+        return ""
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    try:
+        host = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return ""
+    if len(host) > 253 or not all(HOST_LABEL.match(label) for label in host.split(".")):
+        return ""
+    return host
 
 
 def _priced_name(action: str, resource: str) -> str:
@@ -154,13 +181,15 @@ def estimate_cost(*, action: str, resource: str, cleaned: dict, at: dt.datetime 
 
     A model, tool or endpoint without a price (for endpoints, neither the
     host's own nor the `*` default) is refused, never free. Reading a data
-    view and delegating have no price: Warden's estimate is 0.
+    view and delegating have no price: they cost nothing and hold nothing,
+    whatever the caller declares (else a free action could hold a shared
+    budget hostage until the sweep).
     """
     at = at or timezone.now()
     declared = cleaned.get("estimated_cost_micros", 0)
     kind = _price_kind(action)
     if kind is None:
-        return Estimate(micros=declared)
+        return Estimate(micros=0)
     name = _priced_name(action, resource)
     price = _price_of(action, name, at)
     if price is None:
@@ -171,7 +200,16 @@ def estimate_cost(*, action: str, resource: str, cleaned: dict, at: dt.datetime 
     return Estimate(micros=max(micros, declared), warden_micros=micros)
 
 
-def actual_cost(*, action, status: str, usage: dict | None) -> int:
+@dataclass(frozen=True)
+class Charge:
+    """What a completion costs, and the counts it was priced on."""
+
+    micros: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def actual_cost(*, action, status: str, usage: dict | None) -> Charge:
     """What a completed action costs: Warden's price (as of the decision) applied to the usage.
 
     Calls: the reported `calls`, at least 1 for a success (0 for a failure
@@ -179,21 +217,31 @@ def actual_cost(*, action, status: str, usage: dict | None) -> int:
     reports none is charged the tokens it reserved. Reading data and
     delegating have no price and cost nothing, whatever anyone declares.
     """
-    if _price_kind(action.action) is None:
-        return 0
     usage = usage or {}
+    reported = Charge(0, usage.get("input_tokens", 0), usage.get("output_tokens", 0))
+    if _price_kind(action.action) is None:
+        return reported
     succeeded = status == "succeeded"
     price = _price_of(action.action, _priced_name(action.action, action.resource), action.created_at)
     if price is None:  # priced when reserved, so this only happens if history was rewritten
-        return action.reserved_micros
+        return Charge(action.reserved_micros, reported.input_tokens, reported.output_tokens)
     calls = usage.get("calls", 1 if succeeded else 0)
     if succeeded:
         calls = max(calls, 1)
     input_tokens, output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
-    if action.action == "llm.call" and succeeded and input_tokens is None and output_tokens is None:
-        input_tokens = action.context.get("input_tokens", 0)
-        output_tokens = action.context.get("max_output_tokens", 0)
-    return _charge(price, calls=calls, input_tokens=input_tokens or 0, output_tokens=output_tokens or 0)
+    if action.action == "llm.call":
+        reserved_output = action.context.get("max_output_tokens", 0)
+        if output_tokens is not None and output_tokens > reserved_output:
+            raise ValidationError({"usage.output_tokens": f"More than the {reserved_output} output tokens this "
+                                                          "action asked for (max_output_tokens)."})
+        if succeeded and input_tokens is None and output_tokens is None:
+            input_tokens, output_tokens = action.context.get("input_tokens", 0), reserved_output
+    input_tokens, output_tokens = input_tokens or 0, output_tokens or 0
+    micros = _charge(price, calls=calls, input_tokens=input_tokens, output_tokens=output_tokens)
+    if micros > MAX_MICROS:
+        raise ValidationError({"usage": f"This usage would cost {dollars(micros)}, more than any one action may "
+                                        f"({dollars(MAX_MICROS)}); it is not recorded."})
+    return Charge(micros, input_tokens, output_tokens)
 
 
 # --- reservation and settlement -------------------------------------------------------
@@ -319,7 +367,7 @@ def release(*, action_ids: list) -> list[int]:
     return _release_lines(list(action_ids))
 
 
-def settle(*, action, actual_micros: int, usage: dict | None, usage_source: str, unreserved: bool = False) -> dict:
+def settle(*, action, charge: Charge, usage_source: str, unreserved: bool = False) -> dict:
     """Settle the reservation to the actual cost, write the ledger entry, raise alerts.
 
     With nothing left reserved (no budget covered the agent then, or the
@@ -330,6 +378,7 @@ def settle(*, action, actual_micros: int, usage: dict | None, usage_source: str,
 
     now = timezone.now()
     month = period_start(action.created_at)
+    actual_micros = charge.micros
     period_ids = _release_lines([action.pk], spend=actual_micros)
     if not period_ids and actual_micros:
         rows = _lock_covering(agent_id=action.agent_id, team_id=action.agent.team_id, month=month)
@@ -337,11 +386,10 @@ def settle(*, action, actual_micros: int, usage: dict | None, usage_source: str,
         BudgetPeriod.objects.filter(pk__in=period_ids).update(spent_micros=F("spent_micros") + actual_micros)
     held = 0 if unreserved else action.reserved_micros
     overage = max(0, actual_micros - held) if held or period_ids else 0
-    usage = usage or {}
     LedgerEntry.objects.create(
         action=action, agent_id=action.agent_id, agent_name=action.agent.name, team=action.agent.team.name,
         kind=action.action, resource=action.resource,
-        input_tokens=usage.get("input_tokens", 0), output_tokens=usage.get("output_tokens", 0),
+        input_tokens=charge.input_tokens, output_tokens=charge.output_tokens,
         cost_micros=actual_micros, reserved_micros=held, overage_micros=overage, status=action.status,
         usage_source=usage_source, unreserved=unreserved, period_start=month, occurred_at=now,
     )

@@ -95,7 +95,7 @@ def clean_request(*, action: str, resource: str, context: dict) -> dict:
         cleaned["max_output_tokens"] = _int(context, "max_output_tokens", required=True, maximum=MAX_TOKENS)
     if "classification" in context:
         # Only ever compared with the registry's (data.read) and noted: it decides nothing.
-        if context["classification"] not in CLASSIFICATIONS:
+        if not isinstance(context["classification"], str) or context["classification"] not in CLASSIFICATIONS:
             raise ValidationError({"context.classification": f"One of {', '.join(CLASSIFICATIONS)}."})
         cleaned["claimed_classification"] = context["classification"]
     if action in ("tool.http", "external.call"):
@@ -161,10 +161,9 @@ def _target(action: str, resource: str, cleaned: dict, at: dt.datetime) -> Targe
                           problem=f"no data view named {resource} in Warden's registry; an admin must register it")
         if not view[1]:
             return Target(entity, classification=view[0], problem=f"data view {resource} is retired")
-        label = Clearance(view[0]).label
-        if claimed is not None and claimed != label:
-            notes = (f"the request called {resource} {claimed}; Warden's registry classifies it {label}, "
-                     "which is what was judged",)
+        if claimed is not None and claimed != Clearance(view[0]).label:
+            notes = (f"context.classification ({claimed}) disagrees with Warden's registry of data views and "
+                     "was ignored",)
         return Target(entity, classification=view[0], notes=notes)
     else:
         attrs = {"host": cleaned["host"]} if kind == "Endpoint" else {}
@@ -193,6 +192,7 @@ class Snapshot:
     policy_set: tuple[int, str]  # (number, published) of the newest policy set
     budgets: int  # active budgets covering the agent
     open_periods: int  # of their periods this month, those that exist already
+    key_usable: bool  # the key the request came with (if any) is this agent's, unrevoked and unexpired now
 
 
 SNAPSHOT_SQL = """
@@ -203,7 +203,8 @@ SELECT a.name, a.status, a.status_reason, a.clearance, a.allowed_models, a.allow
                  WHERE g.agent_id = a.id AND g.revoked_at IS NULL), '[]'::json),
        (SELECT json_build_array(number, created_at) FROM governance_policysetversion ORDER BY number DESC LIMIT 1),
        (SELECT count(*) FROM billing_budget b WHERE b.active AND {covering}),
-       {open_periods}
+       {open_periods},
+       (SELECT json_build_array(k.agent_id, {key_live}) FROM agents_agentkey k WHERE k.id = %s)
 FROM agents_agent a JOIN {users} u ON u.id = a.owner_id JOIN agents_team t ON t.id = a.team_id
 WHERE a.id = %s
 """
@@ -216,18 +217,24 @@ def _snapshot_sql() -> str:
     User = get_user_model()
     return SNAPSHOT_SQL.format(username=User._meta.get_field(User.USERNAME_FIELD).column, users=User._meta.db_table,
                                covering=billing.covering("a.team_id", "a.id"),
-                               open_periods=billing.open_periods("a.team_id", "a.id", "%s"))
+                               open_periods=billing.open_periods("a.team_id", "a.id", "%s"), key_live=KEY_LIVE)
 
 
-def _snapshot(agent_id, month: dt.date) -> Snapshot:
+# An agent key can be used now: unrevoked, unexpired (the database's clock, like the rest of the decision).
+KEY_LIVE = "(k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()))"
+
+
+def _snapshot(agent_id, month: dt.date, key_id) -> Snapshot:
     with connection.cursor() as cursor:
-        cursor.execute(_snapshot_sql(), [month, agent_id])
+        cursor.execute(_snapshot_sql(), [month, key_id, agent_id])
         row = cursor.fetchone()
     if row is None:
         raise Agent.DoesNotExist
-    *fields, grants, policy_set, budgets, open_periods = row
+    *fields, grants, policy_set, budgets, open_periods, key = row
     policy_set = (int(policy_set[0]), dt.datetime.fromisoformat(policy_set[1]).isoformat()) if policy_set else (0, "")
-    return Snapshot(*fields, grants=grants, policy_set=policy_set, budgets=budgets, open_periods=open_periods)
+    key_usable = key is None if key_id is None else (key is not None and key[1] and key[0] == str(agent_id))
+    return Snapshot(*fields, grants=grants, policy_set=policy_set, budgets=budgets, open_periods=open_periods,
+                    key_usable=key_usable)
 
 
 def _local_now() -> dt.datetime:
@@ -238,10 +245,9 @@ def _deny(reason: str) -> Judgement:
     return Judgement(ActionOutcome.DENIED, [reason], [], [])
 
 
-def _identity_problem(*, name: str, status: str, status_reason: str, key, agent_id, now) -> str | None:
-    """Why this agent, with this key, may not act now (None when it may)."""
-    if key is not None and (key.revoked_at is not None or (key.expires_at and key.expires_at <= now)
-                            or key.agent_id != agent_id):
+def _identity_problem(*, name: str, status: str, status_reason: str, key_usable: bool) -> str | None:
+    """Why this agent, with the key it came with, may not act now (None when it may)."""
+    if not key_usable:
         return "the agent key is revoked, expired or not this agent's"
     if status != AgentStatus.ACTIVE:
         return f"agent {name} is {status}" + (f": {status_reason}" if status_reason else "")
@@ -249,12 +255,24 @@ def _identity_problem(*, name: str, status: str, status_reason: str, key, agent_
 
 
 class _Superseded(Exception):
-    """The agent's status changed while this decision was being made: judge again."""
+    """The agent's status or key changed while this decision was being made: judge again."""
 
 
-def _status_now(agent_id) -> str:
+def _key_usable(agent_id, key_id) -> bool:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT status FROM agents_agent WHERE id = %s", [agent_id])
+        cursor.execute(f"SELECT {KEY_LIVE} AND k.agent_id = %s FROM agents_agentkey k WHERE k.id = %s", [agent_id, key_id])
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _still_usable(agent_id, key_id) -> bool:
+    """Is the agent active, and its key (if any) usable, as of now (a fresh read)?"""
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            SELECT a.status = 'active' AND (%s::uuid IS NULL OR coalesce((SELECT {KEY_LIVE} AND k.agent_id = a.id
+                                                                    FROM agents_agentkey k WHERE k.id = %s), false))
+            FROM agents_agent a WHERE a.id = %s
+        """, [key_id, key_id, agent_id])
         return cursor.fetchone()[0]
 
 
@@ -299,7 +317,7 @@ def _judge_now(**request) -> Action:
         except _Superseded:
             continue  # judged again: the new status is read at the start
     # The status kept changing under it (suspended, resumed, suspended ...): fail closed.
-    return _judge(**request, denial="the agent's status changed while this request was judged; ask again")
+    return _judge(**request, denial="the agent's status or key changed while this request was judged; ask again")
 
 
 def _replay(existing: Action, request: dict) -> Action:
@@ -314,8 +332,9 @@ def _replay(existing: Action, request: dict) -> Action:
         raise Conflict("This idempotency key was used for a different request.", code="idempotency_mismatch")
     agent = Agent.objects.filter(pk=existing.agent_id).values_list("name", "status", "status_reason").first()
     now = timezone.now()
-    problem = _identity_problem(name=agent[0], status=agent[1], status_reason=agent[2], key=request["key"],
-                                agent_id=existing.agent_id, now=now)
+    key = request["key"]
+    problem = _identity_problem(name=agent[0], status=agent[1], status_reason=agent[2],
+                                key_usable=key is None or _key_usable(existing.agent_id, key.pk))
     if problem is None and existing.delegation_id is not None:
         problem = delegation_state(Delegation.objects.get(pk=existing.delegation_id), at=now).problem
     if problem is None:
@@ -332,16 +351,22 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     now = timezone.now()
     action_id = uuid.uuid4()
     # 1. Identity: the newest committed state, read inside this transaction.
-    me = _snapshot(agent.pk, billing.period_start(now))
-    target = _target(action, resource, cleaned, now)  # an unknown agent cannot be judged; an unknown view is denied
+    me = _snapshot(agent.pk, billing.period_start(now), key.pk if key is not None else None)
+    judgement: Judgement | None = _deny(denial) if denial else None
+    problem = _identity_problem(name=me.name, status=me.status, status_reason=me.status_reason,
+                                key_usable=me.key_usable)
+    if judgement is None and problem:
+        judgement = _deny(problem)
+    try:
+        target = _target(action, resource, cleaned, now)  # an unknown agent cannot be judged; an unknown view is denied
+    except ValidationError:
+        if judgement is None:
+            raise
+        # Denied anyway: say nothing about which agents exist to an identity that may not act.
+        target = Target({"uid": {"type": ACTION_RESOURCE[action], "id": resource}, "attrs": {}, "parents": []})
     notes = list(target.notes)
     delegation = None
     chain: list[dict] = []
-    judgement: Judgement | None = _deny(denial) if denial else None
-    problem = _identity_problem(name=me.name, status=me.status, status_reason=me.status_reason, key=key,
-                                agent_id=agent.pk, now=now)
-    if judgement is None and problem:
-        judgement = _deny(problem)
     state = None
     if on_behalf_of is not None:
         delegation = Delegation.objects.select_related("delegate", "delegator_user", "delegator_agent").filter(
@@ -461,9 +486,9 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
         payload={"action_id": str(record.pk), "reserved_micros": reserved, "observed": judgement.observed,
                  "idempotency_key": idempotency_key or "", "warden_estimate_micros": estimate.warden_micros},
     )
-    # The chain head is held now; a suspension that committed while this decision was made has written
-    # to it first, so a fresh read sees it. Allow nothing for an agent that is no longer active.
-    if judgement.outcome != ActionOutcome.DENIED and _status_now(agent.pk) != AgentStatus.ACTIVE:
+    # The chain head is held now; a suspension or key revocation that committed while this decision was
+    # made has written to it first, so a fresh read sees it. Allow nothing on a withdrawn identity.
+    if judgement.outcome != ActionOutcome.DENIED and not _still_usable(agent.pk, key.pk if key is not None else None):
         raise _Superseded
     return record
 
@@ -505,15 +530,15 @@ def complete_action(*, action: Action, status: str, usage: dict | None = None, u
         raise Conflict(f"Only an allowed action can be completed; this one was {record.outcome}.", code="not_allowed")
     if usage is not None and record.action == "llm.call" and usage.get("model", record.resource) != record.resource:
         raise ValidationError({"usage.model": f"This action reserved model {record.resource}, not {usage['model']!r}."})
-    actual = billing.actual_cost(action=record, status=status, usage=usage)
+    charge = billing.actual_cost(action=record, status=status, usage=usage)
+    actual = charge.micros
     was = record.status
     record.status = status
     record.usage = report
     record.actual_cost_micros = actual
     record.completed_at = timezone.now()
     record.save(update_fields=["status", "usage", "actual_cost_micros", "completed_at"])
-    settlement = billing.settle(action=record, actual_micros=actual, usage=usage, usage_source=usage_source,
-                                unreserved=late)
+    settlement = billing.settle(action=record, charge=charge, usage_source=usage_source, unreserved=late)
     audit_record(
         action="gate.complete",
         actor=record.agent,
@@ -575,11 +600,11 @@ def actions_cancel(*, agent, by, reason: str, action_ids=None) -> int:
     if action_ids is not None:
         where, params = "agent_id = %s AND id = ANY(%s)", [agent.pk, list(action_ids)]
     cancelled = 0
-    while True:
+    while True:  # until nothing is left: a batch can come back short while a completion holds a row
         done = _close(where=where, params=params, status=ActionStatus.CANCELLED, skip_locked=False,
                       limit=SWEEP_BATCH, event="action.cancel", reason=lambda item: reason, actor=by)
         cancelled += done
-        if done < SWEEP_BATCH:
+        if not done:
             return cancelled
 
 
@@ -599,6 +624,6 @@ def actions_expire(*, older_than: dt.timedelta | None = None, batches: int = 20)
                       limit=SWEEP_BATCH, event="budget.reservation.expire",
                       reason=lambda item: note + f"{billing.dollars(item.reserved_micros)} released")
         expired += done
-        if done < SWEEP_BATCH:
+        if not done:
             break
     return expired

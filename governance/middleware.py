@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from django.conf import settings
+
 from .context import _correlation_id, clean_correlation_id, new_correlation_id
 from .telemetry import tracer
 
@@ -56,3 +58,16 @@ class RejectNulMiddleware:
             return False
         return any("\x00" in key or any("\x00" in value for value in values)
                    for key, values in request.POST.lists())
+
+
+def client_address(request) -> str:
+    """The address a request came from: the peer, or, behind WARDEN_NUM_PROXIES proxies that each append
+    to X-Forwarded-For, the address the outermost of them saw. A client's own X-Forwarded-For is never
+    believed. Used by the API's abuse limits, the sign-in lockout and the audit log alike."""
+    remote = request.META.get("REMOTE_ADDR", "")
+    proxies = settings.REST_FRAMEWORK.get("NUM_PROXIES") or 0
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
+    if not proxies or not forwarded:
+        return remote
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    return hops[-min(proxies, len(hops))] if hops else remote

@@ -187,7 +187,13 @@ class Action(models.Model):
                 name="action_idempotency_unique",
             )
         ]
-        indexes = [models.Index(fields=["agent", "-created_at"]), models.Index(fields=["-created_at"])]
+        indexes = [
+            models.Index(fields=["agent", "-created_at"]),
+            models.Index(fields=["-created_at"]),
+            # What the sweep and the kill switch look for: allowed and not completed, a small set.
+            models.Index(fields=["created_at"], condition=Q(outcome="allowed", status="decided"),
+                         name="action_open_allowed_idx"),
+        ]
 
 
 class ApprovalStatus(models.TextChoices):

@@ -131,7 +131,8 @@ def role_update(*, role: Role, by, scopes=None, description: str | None = None) 
 def role_grant(*, agent, role: Role, by, expires_at: dt.datetime | None = None) -> RoleGrant:
     from agents.models import Agent, AgentStatus
 
-    agent = Agent.objects.select_for_update(of=("self",)).select_related("team").get(pk=agent.pk)
+    # NO KEY: the gate's and the registry's inserts reference the agent (KEY SHARE) and must not wait on this.
+    agent = Agent.objects.select_for_update(of=("self",), no_key=True).select_related("team").get(pk=agent.pk)
     if agent.status == AgentStatus.RETIRED:
         raise Conflict("A retired agent cannot be granted roles.", code="agent_retired")
     if expires_at is not None and expires_at <= timezone.now():

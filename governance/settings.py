@@ -221,6 +221,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_DISABLE_ACCESS_LOG = True  # sign-ins are in the audit log already
 AXES_LOCKOUT_CALLABLE = "governance.views.sign_in_locked_out"
+AXES_CLIENT_IP_CALLABLE = "governance.middleware.client_address"  # the same address as the API's limits
 AXES_VERBOSE = False
 
 LOGIN_URL = "login"

@@ -24,6 +24,7 @@ from .exceptions import Conflict
 from .forms import (ApiTokenForm, DataViewEditForm, DataViewForm, GrantForm, PolicyEditForm, PolicyForm, RoleForm,
                     SimulateForm, apply_errors)
 from .health import readiness
+from .middleware import client_address
 from .models import ApiToken, Policy, PolicySetVersion, Role, RoleGrant
 from .policy_templates import TEMPLATES
 from .selectors import policy_list as policies
@@ -37,7 +38,7 @@ class SignInView(LoginView):
     def form_valid(self, form):
         response = super().form_valid(form)
         audit_record(action="auth.sign_in", actor=form.get_user(), resource=f"user:{form.get_user().get_username()}",
-                     payload={"ip": self.request.META.get("REMOTE_ADDR", "")})
+                     payload={"ip": client_address(self.request)})
         return response
 
     def form_invalid(self, form):
@@ -48,7 +49,7 @@ class SignInView(LoginView):
                   else "wrong username or password")
         audit_record(action="auth.sign_in_failed", actor=None, outcome="locked" if locked else "denied",
                      resource=f"user:{attempted}", reasons=[reason],
-                     payload={"ip": self.request.META.get("REMOTE_ADDR", "")})
+                     payload={"ip": client_address(self.request)})
         return super().form_invalid(form)
 
 

@@ -18,7 +18,11 @@ the owner, which deletes only when
 - every chain range is the oldest run left of that chain, complete, and its
   two ends carry the hashes the signed manifest names.
 
-The append-only trigger (0005) stays as a second guard for the owner itself.
+What each check is for: the signature keeps out anyone who holds only the
+database credentials (not the application's signing key); the application
+itself knows the key, so what keeps even the application role from deleting
+recent events is the retention floor (on the database's clock) and the range
+checks. The append-only trigger (0005) stays as a guard for the owner itself.
 """
 
 from django.db import migrations

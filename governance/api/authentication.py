@@ -55,7 +55,7 @@ def resolve_bearer(secret: str):
 
 
 class BearerAuthentication(authentication.BaseAuthentication):
-    """Bearer credentials; an address that sent too many bad ones is refused (429) before any lookup."""
+    """Bearer credentials; past the rate of bad ones from an address, a bad one is answered 429."""
 
     keyword = "Bearer"
 
@@ -66,11 +66,9 @@ class BearerAuthentication(authentication.BaseAuthentication):
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer":
             return None
-        failures = BadCredentials()
-        if failures.exceeded(request):
-            raise failures.refuse()
         result = resolve_bearer(secret.strip())
         if result is None:
+            failures = BadCredentials()
             if not failures.count(request):
                 raise failures.refuse()
             raise exceptions.AuthenticationFailed(INVALID)

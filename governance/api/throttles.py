@@ -5,12 +5,14 @@ a wrong key (401) or none (401/403) would never reach them. These two are
 consulted from inside authentication instead (governance.api.authentication):
 
 - `BadCredentials`: every bearer credential that does not resolve counts;
-  past the rate, the address gets 429 for any bearer credential, before any
-  lookup, until the window has passed.
+  past the rate, such requests from that address get 429 instead of 401
+  until the window ends. A credential that checks out is never refused
+  (another client behind the same address keeps working) and touches no counter.
 - `Anonymous`: a request that authenticates as nobody counts; past the rate, 429.
 
-Both keep their counts in the Django cache (Redis). If Redis cannot be
-reached the request is refused with 503: faults fail closed.
+Counters are fixed windows incremented atomically in Redis (the Django
+cache). If Redis cannot be reached, a request that would be counted is
+refused with 503: faults fail closed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import logging
 
 from rest_framework import exceptions, throttling
+
+from governance.middleware import client_address
 
 logger = logging.getLogger(__name__)
 
@@ -29,37 +33,32 @@ class LimitsUnavailable(exceptions.APIException):
 
 
 class _Counted(throttling.SimpleRateThrottle):
+    """The rate of a DRF throttle (`DEFAULT_THROTTLE_RATES[scope]`), counted in fixed windows."""
+
+    def get_ident(self, request):
+        return client_address(request)
+
     def get_cache_key(self, request, view=None):
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
-    def _history(self, request) -> list:
-        self.key = self.get_cache_key(request)
-        self.now = self.timer()
+    def count(self, request) -> bool:
+        """Count one more for this address; False when that is past the rate."""
+        now = self.timer()
+        window = int(now // self.duration)
+        key = f"{self.get_cache_key(request)}_{window}"
+        self.retry_after = max(1, int((window + 1) * self.duration - now) + 1)
         try:
-            history = self.cache.get(self.key, [])
+            self.cache.add(key, 0, timeout=self.duration + 1)
+            hits = self.cache.incr(key)
+        except ValueError:  # expired between add and incr: a new window
+            hits = 1
         except Exception as error:  # redis-py raises its own ConnectionError / TimeoutError
             logger.warning("rate limit store unreachable: %s", error)
             raise LimitsUnavailable() from None
-        self.history = [moment for moment in history if moment > self.now - self.duration]
-        return self.history
-
-    def exceeded(self, request) -> bool:
-        """Is this address over the rate already? (Counts nothing.)"""
-        return len(self._history(request)) >= self.num_requests
-
-    def count(self, request) -> bool:
-        """Count one more; False when that puts the address over the rate."""
-        history = self._history(request)
-        history.insert(0, self.now)
-        try:
-            self.cache.set(self.key, history, self.duration)
-        except Exception as error:
-            logger.warning("rate limit store unreachable: %s", error)
-            raise LimitsUnavailable() from None
-        return len(history) <= self.num_requests
+        return hits <= self.num_requests
 
     def refuse(self):
-        return exceptions.Throttled(wait=self.wait())
+        return exceptions.Throttled(wait=self.retry_after)
 
 
 class BadCredentials(_Counted):

@@ -16,9 +16,12 @@ from tests.conftest import ask
 
 @pytest.fixture
 def boss_chain(make_agent, agent_client, policy, prices):
-    """boss (orchestrator: llm.call, tool.http, data.read, agent.delegate) -> bot (llm.call, data.read)."""
+    """boss (roles delegator: agent.delegate; researcher: llm.call, data.read ...) -> bot (llm.call, data.read)."""
+    from governance.models import Role
+
+    Role.objects.create(name="delegator", scopes=["agent.delegate"])
     policy("all", "permit(principal, action, resource);")
-    boss = make_agent("boss", role_names=["orchestrator"])
+    boss = make_agent("boss", role_names=["delegator", "researcher"])
     bot = make_agent("bot", role_names=[], allowed_models=["gpt-4o-mini"])
     delegation = services.delegation_create(delegate=bot, by_agent=boss, scopes=["llm.call", "data.read"],
                                             expires_at=timezone.now() + dt.timedelta(hours=1))
@@ -28,10 +31,17 @@ def boss_chain(make_agent, agent_client, policy, prices):
 def test_a_role_revoked_upstream_narrows_the_delegation_at_once(boss_chain, personas):
     boss, bot, delegation = boss_chain
     assert ask(bot, on_behalf_of=str(delegation.pk)).json()["outcome"] == "allowed"
-    role_revoke(grant=RoleGrant.objects.get(agent=boss, role__name="orchestrator"), by=personas["admin"])
+    role_revoke(grant=RoleGrant.objects.get(agent=boss, role__name="researcher"), by=personas["admin"])
     body = ask(bot, on_behalf_of=str(delegation.pk)).json()
     assert body["outcome"] == "denied"
     assert body["reasons"] == ["scope llm.call was delegated, but boss, who delegated it, no longer holds it"]
+
+
+def test_a_delegator_that_may_no_longer_delegate_lends_nothing(boss_chain, personas):
+    boss, bot, delegation = boss_chain
+    role_revoke(grant=RoleGrant.objects.get(agent=boss, role__name="delegator"), by=personas["admin"])
+    body = ask(bot, on_behalf_of=str(delegation.pk)).json()
+    assert body["outcome"] == "denied" and "boss no longer holds agent.delegate" in body["reasons"][0]
 
 
 def test_an_expired_role_upstream_narrows_it_too(boss_chain):
@@ -72,7 +82,7 @@ def test_re_delegation_checks_what_the_parent_lends_now(boss_chain, make_agent, 
 
     boss, bot, delegation = boss_chain
     helper = make_agent("helper", role_names=[])
-    role_revoke(grant=RoleGrant.objects.get(agent=boss, role__name="orchestrator"), by=personas["admin"])
+    role_revoke(grant=RoleGrant.objects.get(agent=boss, role__name="researcher"), by=personas["admin"])
     with pytest.raises(ValidationError, match="cannot widen"):
         services.delegation_create(delegate=helper, by_agent=Agent.objects.get(name="bot"), parent=delegation,
                                    scopes=["llm.call"], expires_at=timezone.now() + dt.timedelta(minutes=30))

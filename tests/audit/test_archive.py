@@ -203,3 +203,13 @@ def test_parallel_verification_shares_one_snapshot_and_catches_the_same_breaks(m
     parallel = verify(workers=2)
     assert not parallel.ok and parallel.first_break["chain"] == chain_of(agents[2])
     assert parallel.first_break == verify(workers=1).first_break
+
+
+def test_segments_signed_before_the_upgrade_still_verify(old_then_new, archive_dir):
+    from audit.verify import _signature_v1
+
+    segment = audit_archive()
+    behind_the_triggers_back("UPDATE audit_archivesegment SET signature = %s WHERE id = %s",
+                             [_signature_v1(segment), segment.pk], table="audit_archivesegment")
+    result = verify(archives=True)
+    assert result.ok, result.problems

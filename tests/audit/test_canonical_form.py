@@ -37,8 +37,16 @@ def test_audit_record_takes_anything_and_the_chain_still_verifies(db, personas, 
     assert result.ok, result.problems
 
 
+# Keys the gate reads (so odd values reach the code that reads them), and any others.
+context_keys = st.sampled_from(["classification", "estimated_cost_micros", "input_tokens", "max_output_tokens",
+                                "scopes", "host"]) | st.text(max_size=6)
+usage_keys = st.sampled_from(["model", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
+                              "calls"]) | st.text(max_size=6)
+
+
 @SETTINGS
-@given(context=st.dictionaries(st.text(max_size=6), json_values, max_size=5), usage=json_values,
+@given(context=st.dictionaries(context_keys, json_values, max_size=5),
+       usage=json_values | st.dictionaries(usage_keys, json_values, max_size=4),
        key=st.text(min_size=1, max_size=20))
 def test_anything_an_agent_sends_is_judged_or_refused_and_the_chain_still_verifies(bot, policy_all, context, usage,
                                                                                  key):

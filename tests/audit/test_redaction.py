@@ -45,6 +45,24 @@ def test_ordinary_words_and_counts_are_left_alone():
     assert redact(payload) == payload
 
 
+@pytest.mark.parametrize("key", ["accessToken", "X-Auth-Token", "db_password", "clientSecret", "privateKey",
+                                 "x-amz-security-token", "apiKey", "SMTP_PASSWORD", "refresh_token", "Cookie"])
+def test_secret_names_in_any_spelling(key):
+    assert redact({key: "opaque-value"}) == {key: REDACTED}
+
+
+@pytest.mark.parametrize("key", ["input_tokens", "output_tokens", "max_output_tokens", "cached_tokens", "token_count",
+                                 "idempotency_key", "key", "password_hint", "secretary", "tokenizer"])
+def test_counts_and_ordinary_names_are_kept(key):
+    assert redact({key: 42}) == {key: 42}
+
+
+def test_secret_query_parameters_in_urls():
+    assert redact_text("https://api.x/v1?api_key=abc123&q=cats&token=zz#top") == \
+        f"https://api.x/v1?api_key={REDACTED}&q=cats&token={REDACTED}#top"
+    assert redact_text("input_tokens=9 tokens=5") == "input_tokens=9 tokens=5"
+
+
 def test_exact_key_names_at_any_depth():
     payload = {"headers": [{"Authorization": "whatever it holds"}, {"X-Api-Key": "k"}],
                "db": {"password": "hunter2", "user": "warden"}, "Secret": "s", "api_key": "", "nested": {"token": 42}}

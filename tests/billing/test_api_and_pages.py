@@ -70,7 +70,7 @@ def test_spend_by_agent_team_model_and_day_with_forecast_and_csv(api_for, bot, p
     policy("all", PERMIT_ALL)
     # output tokens only: $0.60 (mini) and $10 (gpt-4o) per million, so 500 -> 300 and 70 -> 700 micro-dollars
     for resource, output_tokens in (("gpt-4o-mini", 500), ("gpt-4o", 70), ("gpt-4o-mini", 500)):
-        action_id = ask(bot, resource=resource).json()["id"]
+        action_id = ask(bot, resource=resource, context={"input_tokens": 0, "max_output_tokens": 1000}).json()["id"]
         bot.post(f"/api/v1/actions/{action_id}/complete/",
                  {"status": "succeeded", "usage": {"input_tokens": 0, "output_tokens": output_tokens}}, format="json")
     client = api_for("finance")

@@ -25,8 +25,8 @@ def test_finance_sets_a_budget_in_the_browser_and_watches_it_fill(live_server, p
         page.wait_for_selector("text=Budget for team research set.")
         assert Budget.objects.get().monthly_limit_micros == 2000
         action_id = ask(bot, context={"input_tokens": 1000, "max_output_tokens": 1000}).json()["id"]
-        bot.post(f"/api/v1/actions/{action_id}/complete/",  # 2,500 output tokens at $0.60 per million
-                 {"status": "succeeded", "usage": {"input_tokens": 0, "output_tokens": 2500}}, format="json")
+        bot.post(f"/api/v1/actions/{action_id}/complete/",  # 10,000 input tokens at $0.15 per million
+                 {"status": "succeeded", "usage": {"input_tokens": 10_000, "output_tokens": 0}}, format="json")
         page.reload()
         assert "75% spent" in page.inner_text("table.budgets")
         page.screenshot(path=str(SHOTS / "budget-filling.png"), full_page=True)

@@ -107,9 +107,9 @@ def test_a_failure_releases_everything(bot, open_gate):
 def test_an_overage_is_recorded_flagged_and_counted(bot, open_gate):
     team = budget("team", 1_000_000, team=bot.agent.team)
     action_id = ask(bot, context=SMALL).json()["id"]
-    # reserved 750; used 5,000 input and 2,000 output tokens: 750 + 1,200 = 1,950
+    # reserved 750 for 1,000 + 1,000 tokens; the prompt was longer: 9,000 input and 1,000 output, 1,350 + 600
     bot.post(f"/api/v1/actions/{action_id}/complete/",
-             {"status": "succeeded", "usage": {"input_tokens": 5000, "output_tokens": 2000}}, format="json")
+             {"status": "succeeded", "usage": {"input_tokens": 9000, "output_tokens": 1000}}, format="json")
     entry = LedgerEntry.objects.get(action_id=action_id)
     assert (entry.cost_micros, entry.overage_micros) == (1950, 1200)
     assert period_of(team).spent_micros == 1950

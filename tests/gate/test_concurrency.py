@@ -21,13 +21,16 @@ SMALL = {"input_tokens": 1000, "max_output_tokens": 1000}
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_decision_in_flight_when_the_agent_is_suspended_is_not_left_allowed(make_agent, policy, prices, personas,
-                                                                            monkeypatch):
-    """The decision read the agent as active, then the kill switch committed before it wrote anything."""
-    from agents.services import agent_suspend
+@pytest.mark.parametrize("withdraw", ["suspend", "revoke the key"])
+def test_a_decision_in_flight_when_the_identity_is_withdrawn_is_not_left_allowed(make_agent, policy, prices, personas,
+                                                                               monkeypatch, withdraw):
+    """The decision read the agent and its key as usable, then the kill switch (or a key revocation)
+    committed before it wrote anything."""
+    from agents.services import agent_key_issue, agent_key_revoke, agent_suspend
 
     policy("all", "permit(principal, action, resource);")
     agent = make_agent("racer", allowed_models=["gpt-4o-mini"])
+    key, _ = agent_key_issue(agent=agent, by=personas["admin"])
     team_budget = billing.budget_create(scope="team", team=agent.team, monthly_limit_micros=10**9, by=personas["finance"])
     reached, go, outcome = threading.Event(), threading.Event(), {}
     estimate = billing.estimate_cost
@@ -42,7 +45,8 @@ def test_a_decision_in_flight_when_the_agent_is_suspended_is_not_left_allowed(ma
 
     def decide():
         try:
-            outcome["action"] = request_action(agent=agent, action="llm.call", resource="gpt-4o-mini", context=SMALL)
+            outcome["action"] = request_action(agent=agent, key=key, action="llm.call", resource="gpt-4o-mini",
+                                               context=SMALL)
         except Exception as exc:  # asserted below
             outcome["error"] = exc
         finally:
@@ -51,12 +55,16 @@ def test_a_decision_in_flight_when_the_agent_is_suspended_is_not_left_allowed(ma
     decider = threading.Thread(target=decide, name="decider")
     decider.start()
     assert reached.wait(10)
-    agent_suspend(agent=agent, by=personas["security"], reason="pulled mid-decision")
+    if withdraw == "suspend":
+        agent_suspend(agent=agent, by=personas["security"], reason="pulled mid-decision")
+    else:
+        agent_key_revoke(key=key, by=personas["admin"], reason="leaked")
     go.set()
     decider.join(20)
     assert "error" not in outcome, outcome
     assert outcome["action"].outcome == "denied"
-    assert "racer is suspended: pulled mid-decision" in outcome["action"].reasons[0]
+    assert ("racer is suspended: pulled mid-decision" if withdraw == "suspend" else "the agent key is revoked") \
+        in outcome["action"].reasons[0]
     assert not Action.objects.filter(agent=agent, outcome="allowed").exists()
     assert not BudgetPeriod.objects.filter(budget=team_budget, reserved_micros__gt=0).exists()
     assert verify().ok
@@ -105,7 +113,7 @@ def test_the_sweep_the_kill_switch_completions_and_the_gate_never_deadlock(make_
                                     context=SMALL)
             if action.outcome == "allowed" and rnd.random() < 0.6:
                 complete_action(action=action, status="succeeded", usage_source="provider",
-                                usage={"input_tokens": rnd.randrange(0, 2000), "output_tokens": rnd.randrange(0, 2000)})
+                                usage={"input_tokens": rnd.randrange(0, 2000), "output_tokens": rnd.randrange(0, 1001)})
 
     @guarded
     def sweeper() -> None:

@@ -88,6 +88,8 @@ def test_a_float_in_usage_cannot_poison_the_audit_log(bot, open_gate, client_for
 
 
 @pytest.mark.parametrize("context", [
+    {**MINI, "classification": ["public"]},
+    {**MINI, "classification": {"public": 1}},
     {**MINI, "note": 1e16},
     {**MINI, "note": "a\u0000b"},
     {**MINI, "deep": [[[[[[[[[[[[[[[[[["too deep"]]]]]]]]]]]]]]]]]]},
@@ -194,7 +196,7 @@ def test_classification_comes_from_the_registry_not_the_request(bot, policy, dat
     policy("clearance", TEMPLATES["confidential-data-needs-clearance"][1])
     lie = ask(bot, "data.read", "hr-salaries", {"classification": "public"}).json()
     assert lie["outcome"] == "denied" and lie["policies"] == ["clearance"]
-    assert any("Warden's registry classifies it restricted" in reason for reason in lie["reasons"])
+    assert "context.classification (public) disagrees with Warden's registry of data views and was ignored" in lie["reasons"]
     event = AuditEvent.objects.get(action="gate.data.read")
     assert event.data_classification == "restricted"
     assert Action.objects.get(pk=lie["id"]).cedar_context["data_classification"] == 3
@@ -217,3 +219,67 @@ def test_a_retired_view_is_denied_and_a_reclassified_one_counts_at_once(bot, pol
     data_view_update(view=data_views["wiki"], by=personas["admin"], active=False)
     retired = ask(bot, "data.read", "wiki", {}).json()
     assert retired["outcome"] == "denied" and retired["reasons"] == ["data view wiki is retired"]
+
+
+def test_pressing_the_kill_switch_again_finishes_a_cancellation_cut_short(bot, open_gate, personas, monkeypatch):
+    from django.db import OperationalError
+
+    from agents import services
+
+    allowed = ask(bot, context=MINI).json()
+
+    def cut_short(**kwargs):
+        raise OperationalError("connection lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(services, "actions_cancel", cut_short)
+        with pytest.raises(OperationalError):
+            services.agent_suspend(agent=bot.agent, by=personas["security"], reason="first press")
+    bot.agent.refresh_from_db()
+    assert bot.agent.status == "suspended" and Action.objects.get(pk=allowed["id"]).status == "decided"
+    services.agent_suspend(agent=bot.agent, by=personas["security"], reason="second press")
+    assert Action.objects.get(pk=allowed["id"]).status == "cancelled"
+    bot.agent.refresh_from_db()
+    assert bot.agent.status_reason == "first press"
+    assert AuditEvent.objects.filter(action="agent.suspend").count() == 1
+
+
+def test_a_free_action_holds_nothing_whatever_it_declares(bot, policy, personas, data_views):
+    policy("all", PERMIT_ALL)
+    team_budget = _team_budget(personas, bot.agent.team)
+    hostage = ask(bot, "data.read", "crm", {"estimated_cost_micros": 999_999}).json()
+    assert (hostage["outcome"], hostage["reserved"]) == ("allowed", 0)
+    assert not BudgetPeriod.objects.filter(budget=team_budget, reserved_micros__gt=0).exists()
+
+
+def test_usage_beyond_what_was_asked_for_or_any_sane_cost_is_refused(bot, open_gate, personas):
+    from billing.services import price_set
+
+    allowed = ask(bot, context=MINI).json()
+    too_much = complete(bot, allowed["id"], status="succeeded", usage={"input_tokens": 10, "output_tokens": 1001})
+    assert too_much.status_code == 400 and "usage.output_tokens" in too_much.json()["errors"]
+    price_set(kind="tool", name="search", per_call_micros=10**9, by=personas["finance"])
+    tool = ask(bot, "tool.call", "search", {}).json()
+    huge = complete(bot, tool["id"], status="succeeded", usage={"calls": 10**9})
+    assert huge.status_code == 400 and "more than any one action may" in huge.json()["errors"]["usage"][0]
+    assert not LedgerEntry.objects.exists()
+    # A success that reports no tokens is charged, and recorded, as the tokens it asked for.
+    complete(bot, allowed["id"], status="succeeded")
+    entry = LedgerEntry.objects.get(action_id=allowed["id"])
+    assert (entry.cost_micros, entry.input_tokens, entry.output_tokens) == (750, 1000, 1000)
+
+
+def test_a_host_spelled_differently_is_still_that_host(bot, policy, personas):
+    from billing.services import price_set
+
+    policy("all", PERMIT_ALL)
+    price_set(kind="endpoint", name="*", per_call_micros=1, by=personas["finance"])
+    price_set(kind="endpoint", name="api.example.com", per_call_micros=50_000, by=personas["finance"])
+    policy("no-example", 'forbid(principal, action == Action::"tool.http", resource) '
+                         'when { resource.host == "api.example.com" };')
+    for spelling in ("https://API.Example.com./v1", "https://u:p@api.example.com:443/", "api.example.com/v1"):
+        body = ask(bot, "tool.http", spelling, {}).json()
+        assert body["outcome"] == "denied" and body["policies"] == ["no-example"], spelling
+        assert Action.objects.get(pk=body["id"]).estimated_cost_micros == 50_000
+    for bad in ("https://api.example.com%2e/", "https://exa mple.com/", "a..b"):
+        assert ask(bot, "tool.http", bad, {}).status_code == 400, bad
