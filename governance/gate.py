@@ -258,22 +258,15 @@ class _Superseded(Exception):
     """The agent's status or key changed while this decision was being made: judge again."""
 
 
-def _key_usable(agent_id, key_id) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {KEY_LIVE} AND k.agent_id = %s FROM agents_agentkey k WHERE k.id = %s", [agent_id, key_id])
-        row = cursor.fetchone()
-    return bool(row and row[0])
-
-
-def _still_usable(agent_id, key_id) -> bool:
-    """Is the agent active, and its key (if any) usable, as of now (a fresh read)?"""
+def _usable_now(agent_id, key_id) -> tuple[bool, bool]:
+    """(the agent is active, its key, if any, is usable) as of now: a fresh read, after the snapshot."""
     with connection.cursor() as cursor:
         cursor.execute(f"""
-            SELECT a.status = 'active' AND (%s::uuid IS NULL OR coalesce((SELECT {KEY_LIVE} AND k.agent_id = a.id
-                                                                    FROM agents_agentkey k WHERE k.id = %s), false))
+            SELECT a.status = 'active', %s::uuid IS NULL OR coalesce((SELECT {KEY_LIVE} AND k.agent_id = a.id
+                                                                  FROM agents_agentkey k WHERE k.id = %s), false)
             FROM agents_agent a WHERE a.id = %s
         """, [key_id, key_id, agent_id])
-        return cursor.fetchone()[0]
+        return cursor.fetchone()
 
 
 def request_action(
@@ -333,8 +326,8 @@ def _replay(existing: Action, request: dict) -> Action:
     agent = Agent.objects.filter(pk=existing.agent_id).values_list("name", "status", "status_reason").first()
     now = timezone.now()
     key = request["key"]
-    problem = _identity_problem(name=agent[0], status=agent[1], status_reason=agent[2],
-                                key_usable=key is None or _key_usable(existing.agent_id, key.pk))
+    _, key_usable = _usable_now(existing.agent_id, key.pk if key is not None else None)
+    problem = _identity_problem(name=agent[0], status=agent[1], status_reason=agent[2], key_usable=key_usable)
     if problem is None and existing.delegation_id is not None:
         problem = delegation_state(Delegation.objects.get(pk=existing.delegation_id), at=now).problem
     if problem is None:
@@ -488,7 +481,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     )
     # The chain head is held now; a suspension or key revocation that committed while this decision was
     # made has written to it first, so a fresh read sees it. Allow nothing on a withdrawn identity.
-    if judgement.outcome != ActionOutcome.DENIED and not _still_usable(agent.pk, key.pk if key is not None else None):
+    if judgement.outcome != ActionOutcome.DENIED and not all(_usable_now(agent.pk, key.pk if key is not None else None)):
         raise _Superseded
     return record
 
@@ -565,7 +558,7 @@ def _close(*, where: str, params: list, status: str, skip_locked: bool, limit: i
 
     Locks in the order the gate and completions take them, so none of them
     can deadlock with this: the actions (id order), then their budget periods
-    (id order, billing.release), then the audit chain heads (chain order).
+    (budget order, billing.release), then the audit chain heads (chain order).
     """
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
