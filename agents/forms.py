@@ -3,6 +3,8 @@ from __future__ import annotations
 import datetime as dt
 
 from django import forms
+
+from billing.forms import DollarField
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
@@ -68,3 +70,10 @@ class DelegationForm(forms.Form):
 class TeamForm(forms.Form):
     name = forms.SlugField(max_length=64)
     display_name = forms.CharField(max_length=120, required=False)
+
+
+class BudgetIncreaseForm(forms.Form):
+    budget = forms.IntegerField(widget=forms.HiddenInput)
+    monthly_limit = DollarField(label="New monthly limit ($)")
+    reason = forms.CharField(max_length=1000, widget=forms.Textarea(attrs={"rows": 2}),
+                             help_text="Why: finance reads it before deciding.")

@@ -16,6 +16,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from governance import credentials
 from governance.exceptions import Conflict
+from governance.approvals import approvals_withdraw
 from governance.gate import actions_cancel, complete_action, request_action
 from governance.models import Role, RoleGrant
 from governance.scopes import unknown_scopes
@@ -233,6 +234,7 @@ def agent_suspend(*, agent: Agent, by, reason: str) -> Agent:
         else:
             agent = _transition(current, to=AgentStatus.SUSPENDED, by=by, reason=reason, action="agent.suspend")
     actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was suspended: {agent.status_reason}")
+    approvals_withdraw(agent=agent, reason=f"agent {agent.name} was suspended: {agent.status_reason}")
     return agent
 
 
@@ -263,6 +265,7 @@ def agent_retire(*, agent: Agent, by, reason: str) -> Agent:
             revoked_at=now, revoked_by=by, revoked_reason="delegator retired"
         )
     actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was retired: {reason}")
+    approvals_withdraw(agent=agent, reason=f"agent {agent.name} was retired: {reason}")
     return agent
 
 

@@ -18,5 +18,6 @@ urlpatterns = [
     path("<uuid:agent_id>/keys/<uuid:key_id>/revoke/", views.key_revoke, name="key-revoke"),
     path("<uuid:agent_id>/keys/<uuid:key_id>/rotate/", views.key_rotate, name="key-rotate"),
     path("<uuid:agent_id>/delegations/", views.delegation_create, name="delegate"),
+    path("<uuid:agent_id>/budget-requests/", views.budget_increase_request, name="budget-request"),
     path("delegations/<uuid:delegation_id>/revoke/", views.delegation_revoke, name="delegation-revoke"),
 ]

@@ -13,13 +13,17 @@ from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from audit.selectors import events_for_agent
+from billing.selectors import covering_lines
+from billing.services import period_start
+from governance import approvals
 from governance.access import can, require
-from governance.exceptions import Conflict
+from governance.exceptions import Conflict, NotAllowed
 from governance.forms import GrantForm, apply_errors
+from governance.models import Approval, ApprovalKind, ApprovalStatus
 
 from . import selectors, services
 from .filters import AgentFilter
-from .forms import AgentEditForm, AgentForm, DelegationForm, KeyForm, ReasonForm, TeamForm
+from .forms import AgentEditForm, AgentForm, BudgetIncreaseForm, DelegationForm, KeyForm, ReasonForm, TeamForm
 from .models import AgentStatus
 
 
@@ -46,6 +50,7 @@ def _detail(request, agent, *, status=200, **extra):
         "keys": selectors.agent_keys(agent=agent),
         "delegations": selectors.agent_delegations(agent=agent),
         "events": events_for_agent(user=request.user, agent_id=agent.pk, limit=20),
+        **_budget_context(request.user, agent),
         "can_read_audit": can(request.user, "audit.view"),
         "actions": selectors.agent_actions(agent=agent, limit=25),
         "grants": selectors.agent_grants(agent=agent),
@@ -59,6 +64,18 @@ def _detail(request, agent, *, status=200, **extra):
     }
     context.update(extra)
     return render(request, "agents/agent_detail.html", context, status=status)
+
+
+def _budget_context(user, agent) -> dict:
+    """The budgets covering the agent (for those who may see budgets, and its owner) and the owner's requests."""
+    is_owner = agent.owner_id == user.pk
+    if not (is_owner or can(user, "budget.view")):
+        return {"budgets": [], "is_owner": is_owner}
+    budgets = covering_lines(agent=agent, month=period_start())
+    requests = Approval.objects.filter(kind=ApprovalKind.BUDGET_INCREASE, status=ApprovalStatus.PENDING,
+                                       budget__in=[line.budget.pk for line in budgets]).select_related("budget")
+    return {"budgets": budgets, "is_owner": is_owner, "budget_requests": list(requests),
+            "increase_form": BudgetIncreaseForm()}
 
 
 @require("agent.view")
@@ -229,3 +246,28 @@ def team_list(request):
     return render(request, "agents/team_list.html", {
         "teams": selectors.teams(), "form": form, "can_manage": can(request.user, "agent.manage"),
     }, status=400 if form.errors else 200)
+
+
+@require("agent.view")
+@require_POST
+def budget_increase_request(request, agent_id):
+    """The agent's owner asks finance for a higher limit on a budget that covers it."""
+    from billing.models import Budget
+
+    agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+    form = BudgetIncreaseForm(request.POST)
+    if not form.is_valid():
+        return _detail(request, agent, status=400, increase_form=form, open_dialog="increase")
+    budget = Budget.objects.filter(pk=form.cleaned_data["budget"]).first()
+    try:
+        if budget is None:
+            raise ValidationError({"budget": "No such budget."})
+        approvals.budget_increase_request(budget=budget, requested_limit_micros=form.cleaned_data["monthly_limit"],
+                                          reason=form.cleaned_data["reason"], by_user=request.user)
+    except ValidationError as error:
+        apply_errors(form, error)
+        return _detail(request, agent, status=400, increase_form=form, open_dialog="increase")
+    except (NotAllowed, Conflict) as error:
+        return _detail(request, agent, status=403 if isinstance(error, NotAllowed) else 409, action_error=error.message)
+    messages.success(request, f"Asked finance to raise {budget.label}; the request is in their approval queue.")
+    return redirect("agents:detail", agent_id=agent.pk)

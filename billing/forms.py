@@ -43,6 +43,11 @@ class BudgetEditForm(forms.Form):
     monthly_limit = DollarField(label="Monthly limit ($)")
     thresholds = forms.CharField(required=False)
     on_exceed = forms.ChoiceField(choices=OnExceed.choices, label="Over the limit")
+    approvals_required = forms.TypedChoiceField(coerce=int, choices=[(1, "one person"), (2, "two people")],
+                                                label="Escalations approved by")
+    approval_ttl_hours = forms.IntegerField(min_value=1, max_value=720, required=False,
+                                            label="Escalations expire after (hours)",
+                                            help_text="Empty: the default (WARDEN_APPROVAL_TTL_HOURS).")
     active = forms.BooleanField(required=False)
 
     def clean_thresholds(self):

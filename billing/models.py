@@ -62,6 +62,9 @@ class Budget(models.Model):
     monthly_limit_micros = models.BigIntegerField()
     thresholds = ArrayField(models.PositiveSmallIntegerField(), default=list)
     on_exceed = models.CharField(max_length=16, choices=OnExceed.choices, default=OnExceed.DENY)
+    # When over the limit escalates: how many distinct finance people approve, and how long the request waits.
+    approvals_required = models.PositiveSmallIntegerField(default=1)
+    approval_ttl_hours = models.PositiveSmallIntegerField(null=True, blank=True)  # None: WARDEN_APPROVAL_TTL_HOURS
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")

@@ -72,6 +72,23 @@ def budget_lines(*, user, month: dt.date) -> list[BudgetLine]:
     return lines
 
 
+def covering_lines(*, agent, month: dt.date) -> list[BudgetLine]:
+    """This month's figures of the active budgets covering one agent (an approver judges on them)."""
+    from django.db.models import Q
+
+    budgets = Budget.objects.filter(
+        Q(scope="organisation") | Q(scope="team", team_id=agent.team_id) | Q(scope="agent", agent_id=agent.pk),
+        active=True,
+    ).select_related("team", "agent").order_by("scope")
+    periods = {p.budget_id: p for p in BudgetPeriod.objects.filter(period_start=month, budget__in=budgets)}
+    return [BudgetLine(b, periods[b.pk].spent_micros if b.pk in periods else 0,
+                       periods[b.pk].reserved_micros if b.pk in periods else 0) for b in budgets]
+
+
+def agent_spend(*, agent_id, month: dt.date) -> int:
+    return LedgerEntry.objects.filter(agent_id=agent_id, period_start=month).aggregate(s=Sum("cost_micros"))["s"] or 0
+
+
 def ledger(*, user, month: dt.date):
     if not can(user, "budget.view"):
         return LedgerEntry.objects.none()

@@ -47,6 +47,8 @@ class Reservation:
     micros: int = 0
     reasons: list[str] = field(default_factory=list)
     escalate_to: list[str] = field(default_factory=list)
+    approvals: int = 1  # when escalated: distinct approvers the budgets ask for (the most of them)
+    expires_hours: int | None = None  # when escalated: how long the request may wait (the shortest of them)
 
 
 def money(value, name: str, *, maximum: int = MAX_MICROS) -> int:
@@ -304,13 +306,18 @@ def _budget_label(scope: str, budget_id: int) -> str:
 
 
 def reserve(*, agent, action_id, micros: int, at: dt.datetime | None = None, covering: int | None = None,
-            open_: int | None = None) -> Reservation:
-    """Reserve `micros` at every budget covering the agent this month, or at none."""
+            open_: int | None = None, finance_approved: bool = False) -> Reservation:
+    """Reserve `micros` at every budget covering the agent this month, or at none.
+
+    `finance_approved`: finance has approved this very action (an approval routed to finance), so budgets
+    that escalate when exceeded may be exceeded by it; budgets that deny still deny.
+    """
     rows = _lock_covering(agent_id=agent.pk, team_id=agent.team_id, month=period_start(at), covering=covering,
                           open_=open_)
     if not rows:
         return Reservation(outcome="allowed", micros=micros)
-    over = [row for row in rows if micros and row[1] + row[2] + micros > row[3]]
+    over = [row for row in rows if micros and row[1] + row[2] + micros > row[3]
+            and not (finance_approved and row[4] == OnExceed.ESCALATE)]
     if over:
         reasons, escalate = [], False
         for _, spent, reserved, limit, on_exceed, budget_id, scope in over:
@@ -321,7 +328,11 @@ def reserve(*, agent, action_id, micros: int, at: dt.datetime | None = None, cov
             escalate = escalate or on_exceed == OnExceed.ESCALATE
         all_escalate = all(row[4] == OnExceed.ESCALATE for row in over)
         if all_escalate and escalate:
-            return Reservation(outcome="pending_approval", reasons=reasons, escalate_to=["finance"])
+            terms = list(Budget.objects.filter(pk__in=[row[5] for row in over]).values_list(
+                "approvals_required", "approval_ttl_hours"))
+            return Reservation(outcome="pending_approval", reasons=reasons, escalate_to=["finance"],
+                               approvals=max(approvals for approvals, _ in terms),
+                               expires_hours=min((hours for _, hours in terms if hours), default=None))
         return Reservation(outcome="denied", reasons=reasons)
     if micros:
         period_ids = [row[0] for row in rows]
@@ -443,10 +454,24 @@ def budget_create(*, scope: str, monthly_limit_micros: int, by, team=None, agent
 
 
 @transaction.atomic
-def budget_update(*, budget: Budget, by, monthly_limit_micros: int | None = None, thresholds=None,
-                  on_exceed: str | None = None, active: bool | None = None) -> Budget:
-    budget = Budget.objects.select_for_update(of=("self",)).select_related("team", "agent").get(pk=budget.pk)
+def _clean_approval_terms(approvals_required, approval_ttl_hours) -> dict:
     changes = {}
+    if approvals_required is not None:
+        if approvals_required not in (1, 2) or isinstance(approvals_required, bool):
+            raise ValidationError({"approvals_required": "1 or 2 distinct approvers."})
+        changes["approvals_required"] = approvals_required
+    if approval_ttl_hours is not None:
+        if isinstance(approval_ttl_hours, bool) or not isinstance(approval_ttl_hours, int) or not 1 <= approval_ttl_hours <= 720:
+            raise ValidationError({"approval_ttl_hours": "Between 1 and 720 hours (30 days)."})
+        changes["approval_ttl_hours"] = approval_ttl_hours
+    return changes
+
+
+def budget_update(*, budget: Budget, by, monthly_limit_micros: int | None = None, thresholds=None,
+                  on_exceed: str | None = None, active: bool | None = None, approvals_required: int | None = None,
+                  approval_ttl_hours: int | None = None) -> Budget:
+    budget = Budget.objects.select_for_update(of=("self",), no_key=True).select_related("team", "agent").get(pk=budget.pk)
+    changes = _clean_approval_terms(approvals_required, approval_ttl_hours)
     if monthly_limit_micros is not None:
         changes["monthly_limit_micros"] = money(monthly_limit_micros, "monthly_limit_micros")
     if thresholds is not None:

@@ -63,13 +63,16 @@ def budget_list(request):
 def budget_edit(request, budget_id):
     budget = get_object_or_404(Budget.objects.select_related("team", "agent"), pk=budget_id)
     initial = {"monthly_limit": budget.monthly_limit_micros / 1_000_000, "on_exceed": budget.on_exceed,
-               "thresholds": ", ".join(str(t) for t in budget.thresholds), "active": budget.active}
+               "thresholds": ", ".join(str(t) for t in budget.thresholds), "active": budget.active,
+               "approvals_required": budget.approvals_required, "approval_ttl_hours": budget.approval_ttl_hours}
     form = BudgetEditForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
             services.budget_update(budget=budget, by=request.user, monthly_limit_micros=data["monthly_limit"],
-                                   thresholds=data["thresholds"], on_exceed=data["on_exceed"], active=data["active"])
+                                   thresholds=data["thresholds"], on_exceed=data["on_exceed"], active=data["active"],
+                                   approvals_required=data["approvals_required"],
+                                   approval_ttl_hours=data["approval_ttl_hours"])
         except ValidationError as error:
             apply_errors(form, error)
         else:

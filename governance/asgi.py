@@ -11,8 +11,12 @@ runs them and persistent database connections are reused per thread.
 Websockets (Channels consumers) are async and stay on the event loop.
 """
 
+import asyncio
+import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qs
 
 from django.core.asgi import get_asgi_application
 
@@ -73,9 +77,96 @@ class WsgiOnThreadPool(WsgiToAsgi):
         await instance(scope, receive, send)
 
 
+class AwaitDecision:
+    """`GET /api/v1/actions/{id}/?wait=N`: answer when a pending approval is decided, or after N seconds.
+
+    The request is read through the ordinary view (authentication, permission,
+    problem answers, serialisation: nothing written twice) on the thread pool;
+    if the action is still pending approval, the wait happens here on the
+    event loop, holding no thread, until the decision arrives on the channel
+    layer group `action.<id>` (governance.approval_notices) or the time is up;
+    then the view is read once more. The group is joined before the first read,
+    so a decision made in between is not missed. Without Redis the first
+    answer is given at once.
+    """
+
+    PATH = re.compile(r"^/api/v1/actions/([0-9a-fA-F-]{36})/$")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        match = self.PATH.match(scope.get("path", "")) if scope["type"] == "http" and scope.get("method") == "GET" else None
+        wait = self._wait(scope) if match else 0
+        if not wait:
+            return await self.app(scope, receive, send)
+        from channels.layers import get_channel_layer
+
+        from governance.approval_notices import action_group
+
+        layer, channel, group = get_channel_layer(), None, action_group(match.group(1).lower())
+        try:
+            channel = await layer.new_channel()
+            await layer.group_add(group, channel)
+        except Exception:  # Redis down: answer with what PostgreSQL says now
+            channel = None
+        try:
+            answer = await self._read(scope)
+            if channel is not None and answer.pending:
+                try:
+                    await asyncio.wait_for(layer.receive(channel), timeout=wait)
+                except asyncio.TimeoutError:
+                    pass
+                answer = await self._read(scope)
+        finally:
+            if channel is not None:
+                try:
+                    await layer.group_discard(group, channel)
+                except Exception:
+                    pass
+        for message in answer.messages:
+            await send(message)
+
+    @staticmethod
+    def _wait(scope) -> int:
+        """The wait asked for, when it is a whole number of 1..30 seconds (the view answers anything else)."""
+        values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("wait", [])
+        return int(values[-1]) if values and values[-1].isdigit() and 1 <= int(values[-1]) <= 30 else 0
+
+    async def _read(self, scope) -> "_Answer":
+        answer = _Answer()
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        await self.app(scope, receive, answer.collect)
+        return answer
+
+
+class _Answer:
+    """An HTTP response collected instead of sent."""
+
+    def __init__(self):
+        self.messages: list[dict] = []
+
+    async def collect(self, message):
+        self.messages.append(message)
+
+    @property
+    def pending(self) -> bool:
+        start = next((m for m in self.messages if m["type"] == "http.response.start"), None)
+        if start is None or start["status"] != 200:
+            return False
+        body = b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body")
+        try:
+            return json.loads(body).get("outcome") == "pending_approval"
+        except (ValueError, AttributeError):
+            return False
+
+
 # Static files (our CSS, vendored htmx, Swagger UI) come from the app itself:
 # no CDN, no separate file server needed for a console.
-http = WsgiOnThreadPool(StaticFilesHandler(WSGIHandler()), threads=settings.WARDEN_HTTP_THREADS)
+http = AwaitDecision(WsgiOnThreadPool(StaticFilesHandler(WSGIHandler()), threads=settings.WARDEN_HTTP_THREADS))
 
 application = ProtocolTypeRouter(
     {

@@ -37,7 +37,8 @@ from billing import services as billing
 from . import sql
 from .context import current_correlation_id
 from .exceptions import Conflict
-from .models import Action, ActionOutcome, ActionStatus, Approval, DataView
+from .approvals import approval_open
+from .models import Action, ActionOutcome, ActionStatus, DataView
 from .payloads import check_json, clean_usage, text_problem
 from .policy_engine import ACTION_RESOURCE, Request
 from .selectors import agent_roles, live_roles, policy_set_for
@@ -59,6 +60,8 @@ class Judgement:
     policies: list[str]
     escalate_to: list[str]
     observed: dict | None = None
+    approvals: int = 1  # a pending approval: distinct approvers needed
+    expires_in: int | None = None  # a pending approval: seconds it may wait (None: the default)
 
 
 def _int(context: dict, name: str, *, required: bool, maximum: int) -> int:
@@ -420,7 +423,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
             decision = policy_set.decide(Request(action=action, agent=principal, resource=target.entity,
                                                  context=cedar_context))
             judgement = Judgement(decision.outcome, decision.reasons, decision.policies, decision.escalate_to,
-                                  decision.observed)
+                                  decision.observed, decision.approvals, decision.expires)
         except ValidationError:
             raise
         except Exception as exc:  # the engine must never let an error through as "allowed"
@@ -437,7 +440,8 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
                                           covering=me.budgets, open_=me.open_periods)
             if reservation.outcome != ActionOutcome.ALLOWED:
                 judgement = Judgement(reservation.outcome, reservation.reasons, judgement.policies,
-                                      reservation.escalate_to, judgement.observed)
+                                      reservation.escalate_to, judgement.observed, reservation.approvals,
+                                      reservation.expires_hours * 3600 if reservation.expires_hours else None)
             else:
                 reserved = reservation.micros
     reasons = [*judgement.reasons, *notes]
@@ -456,8 +460,8 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     record = sql.as_saved(Action, fields)
     record.agent = agent
     if judgement.outcome == ActionOutcome.PENDING_APPROVAL:
-        Approval.objects.create(action=record, group=judgement.escalate_to[0] if judgement.escalate_to else "admin",
-                                reasons=judgement.reasons)
+        approval_open(action=record, group=judgement.escalate_to[0] if judgement.escalate_to else "admin",
+                      reasons=judgement.reasons, approvals=judgement.approvals, expires_in=judgement.expires_in, now=now)
     # Before the audit event: the agent row, then its chain head, as a suspension takes them.
     if me.last_seen_at is None or me.last_seen_at < now - dt.timedelta(seconds=30):
         Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)

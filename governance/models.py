@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from agents.models import Clearance
 
@@ -203,19 +204,72 @@ class ApprovalStatus(models.TextChoices):
     EXPIRED = "expired", "expired"
 
 
+class ApprovalKind(models.TextChoices):
+    ACTION = "action", "escalated action"
+    BUDGET_INCREASE = "budget_increase", "budget increase"
+
+
 class Approval(models.Model):
-    """An escalated action waiting for a human of `group` (decided in the approval queue)."""
+    """A request for a person's decision: an escalated action, or more budget.
+
+    An escalated action's approval belongs to that one Action and its request
+    digest: what is approved is what runs (a changed request is a new Action).
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    action = models.OneToOneField(Action, on_delete=models.PROTECT, related_name="approval")
+    kind = models.CharField(max_length=16, choices=ApprovalKind.choices, default=ApprovalKind.ACTION)
+    action = models.OneToOneField(Action, on_delete=models.PROTECT, null=True, blank=True, related_name="approval")
+    request_digest = models.CharField(max_length=64, blank=True)
+    budget = models.ForeignKey("billing.Budget", on_delete=models.PROTECT, null=True, blank=True,
+                               related_name="increase_requests")
+    requested_limit_micros = models.BigIntegerField(null=True, blank=True)
+    # Who asked for a budget increase: a person, or an agent over the API.
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
+                                     related_name="+")
+    requested_by_agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, null=True, blank=True,
+                                           related_name="+")
+    purpose = models.CharField(max_length=1000, blank=True)  # what the asker says it is for: a claim
     group = models.CharField(max_length=32)
+    required_approvals = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=16, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING)
     reasons = models.JSONField(default=list)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True)
+    reminded_at = models.DateTimeField(null=True, blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
-    note = models.CharField(max_length=500, blank=True)
+    note = models.CharField(max_length=2000, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "group"])]
+        indexes = [
+            models.Index(fields=["status", "group"]),
+            models.Index(fields=["expires_at"], condition=Q(status="pending"), name="approval_pending_expiry_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(kind="action") & Q(action__isnull=False))
+                | (Q(kind="budget_increase") & Q(budget__isnull=False) & Q(requested_limit_micros__isnull=False)),
+                name="approval_names_what_it_decides",
+            ),
+            models.CheckConstraint(condition=Q(required_approvals__in=[1, 2]), name="approval_one_or_two_approvers"),
+        ]
+
+
+class ApprovalVerdict(models.TextChoices):
+    APPROVE = "approve", "approved"
+    DENY = "deny", "denied"
+
+
+class ApprovalDecision(models.Model):
+    """One person's verdict on an approval (two distinct ones when two are required)."""
+
+    approval = models.ForeignKey(Approval, on_delete=models.PROTECT, related_name="decisions")
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    verdict = models.CharField(max_length=8, choices=ApprovalVerdict.choices)
+    comment = models.CharField(max_length=2000, blank=True)
+    decided_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["decided_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["approval", "decided_by"], name="one_verdict_per_person")]

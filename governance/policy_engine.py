@@ -82,11 +82,27 @@ class Problem:
         return f"line {self.line}: {self.message}" if self.line else self.message
 
 
+DURATION = re.compile(r"^([0-9]{1,4})([mhd])$")
+DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400}
+MIN_EXPIRY, MAX_EXPIRY = 5 * 60, 30 * 86400
+
+
+def parse_duration(text) -> int | None:
+    """Seconds of "30m", "4h" or "2d" (5 minutes .. 30 days), else None."""
+    match = DURATION.match(text or "") if isinstance(text, str) else None
+    if not match:
+        return None
+    seconds = int(match.group(1)) * DURATION_UNITS[match.group(2)]
+    return seconds if MIN_EXPIRY <= seconds <= MAX_EXPIRY else None
+
+
 @dataclass(frozen=True)
 class PolicyShape:
     effect: str  # permit | forbid
     mode: str  # enforce | observe
     escalate: str | None
+    approvals: int  # approvers an escalation needs (@approvals("2"): two distinct people)
+    expires: int | None  # seconds an escalation may wait (@expires("4h")); None: the default
     actions: frozenset[str] | None  # None: any action
     principal_uid: tuple[str, str] | None  # (type, id) the principal must be or be in
     resource_uid: tuple[str, str] | None
@@ -132,6 +148,8 @@ def shape_of(node) -> PolicyShape:
         effect=node.effect,
         mode=annotations.get("mode", "enforce"),
         escalate=annotations.get("escalate"),
+        approvals=int(annotations.get("approvals", "1")) if annotations.get("approvals") in ("1", "2") else 1,
+        expires=parse_duration(annotations.get("expires")),
         actions=_actions(node.action),
         principal_uid=_scope_uid(node.principal),
         resource_uid=_scope_uid(node.resource),
@@ -180,9 +198,18 @@ def check_policy(body: str) -> tuple[PolicyShape | None, list[Problem]]:
     node = nodes[0]
     problems: list[Problem] = []
     annotations = dict(node.annotations)
-    unknown = sorted(set(annotations) - {"escalate", "mode", "id"})
+    unknown = sorted(set(annotations) - {"escalate", "mode", "id", "approvals", "expires"})
     if unknown:
-        problems.append(Problem(_line_of(body, f"`@{unknown[0]}`"), f"Unknown annotation @{unknown[0]}; use @escalate or @mode."))
+        problems.append(Problem(_line_of(body, f"`@{unknown[0]}`"),
+                                f"Unknown annotation @{unknown[0]}; use @escalate, @approvals, @expires or @mode."))
+    for name in ("approvals", "expires"):
+        if name in annotations and "escalate" not in annotations:
+            problems.append(Problem(_line_of(body, f"`@{name}`"), f"@{name} only makes sense with @escalate."))
+    if "approvals" in annotations and annotations["approvals"] not in ("1", "2"):
+        problems.append(Problem(_line_of(body, "`@approvals`"), '@approvals must be "1" or "2" (distinct approvers).'))
+    if "expires" in annotations and parse_duration(annotations["expires"]) is None:
+        problems.append(Problem(_line_of(body, "`@expires`"),
+                                '@expires must be a duration between "5m" and "30d", such as "30m", "4h" or "2d".'))
     if "id" in annotations:
         problems.append(Problem(_line_of(body, "`@id`"), "Do not set @id: the policy's name is its id."))
     if annotations.get("mode", "enforce") not in MODES:
@@ -224,6 +251,8 @@ class Outcome:
     escalate_to: list[str] = field(default_factory=list)
     observed: dict | None = None  # what observe-mode policies would have done
     error: str | None = None
+    approvals: int = 1  # for a pending approval: the most any escalating policy asks for
+    expires: int | None = None  # for a pending approval: the shortest wait any escalating policy allows
 
 
 @dataclass(frozen=True)
@@ -283,6 +312,7 @@ class _Slice:
         self.decide = _Part([r for r, s in enforced if not s.escalate])
         self.escalate = _Part([r for r, s in enforced if s.escalate])
         self.escalate_groups = {r.name: s.escalate for r, s in enforced if s.escalate}
+        self.escalate_terms = {r.name: (s.approvals, s.expires) for r, s in zip(rows, shapes) if s.escalate}
         observed = [r for r, s in zip(rows, shapes) if s.mode == "observe"]
         # What the decision would be if observe-mode policies were enforced too.
         self.observe = _Part([r for r, s in zip(rows, shapes) if not s.escalate]) if observed else None
@@ -377,6 +407,10 @@ class CompiledPolicySet:
         cedar_request = request.cedar()
         entities = request.entities()
         outcome = _evaluate(part.decide, part.escalate, part.escalate_groups, cedar_request, entities)
+        if outcome.outcome == "pending_approval":
+            terms = [part.escalate_terms[name] for name in outcome.policies if name in part.escalate_terms]
+            outcome.approvals = max((approvals for approvals, _ in terms), default=1)
+            outcome.expires = min((expires for _, expires in terms if expires), default=None)
         if part.observe is not None:
             groups = dict(part.escalate_groups)
             would = _evaluate(part.observe, part.observe_escalate or part.escalate, groups, cedar_request, entities)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -100,10 +101,72 @@ def approval_list(*, user) -> QuerySet[Approval]:
     """Approvals routed to one of the user's groups; admins see every group's."""
     if not can(user, "approval.view"):
         return Approval.objects.none()
-    approvals = Approval.objects.select_related("action__agent")
+    approvals = Approval.objects.select_related(
+        "action__agent__team", "action__agent__owner", "budget__team", "budget__agent", "requested_by",
+        "requested_by_agent", "decided_by")
     if user.is_superuser or ADMIN in user_groups(user):
         return approvals
     return approvals.filter(group__in=user_groups(user))
+
+
+def approval_get(*, user, approval_id) -> Approval:
+    """The request, or 404 (also for ids that are not UUIDs, or requests for another group)."""
+    from django.http import Http404
+
+    try:
+        return approval_list(user=user).get(pk=approval_id)
+    except (Approval.DoesNotExist, ValueError, TypeError, ValidationError):
+        raise Http404("No such approval request.") from None
+
+
+def approval_pending_count(*, user) -> int:
+    """What waits for the user's own groups (admins: for admin), for the badge in the navigation."""
+    if not can(user, "approval.view"):
+        return 0
+    groups = set(user_groups(user)) | ({"admin", "finance", "security"} if user.is_superuser else set())
+    return Approval.objects.filter(status="pending", group__in=groups).count()
+
+
+@dataclass
+class ApprovalContext:
+    """All a person needs to judge a request."""
+
+    approval: Approval
+    agent: object | None
+    budgets: list  # billing.selectors.BudgetLine of the budgets it would use
+    data_view: DataView | None
+    spend_this_month: int
+    denials_this_week: int
+    decisions: list
+
+
+def approval_context(*, approval: Approval, now: dt.datetime | None = None) -> ApprovalContext:
+    from billing.selectors import agent_spend, covering_lines
+    from billing.services import period_start
+
+    from .models import Action
+
+    now = now or timezone.now()
+    action = approval.action if approval.action_id else None
+    agent = action.agent if action else (approval.requested_by_agent or (approval.budget.agent if approval.budget_id else None))
+    month = period_start(now)
+    if agent is not None:
+        budgets = covering_lines(agent=agent, month=month)
+        spend = agent_spend(agent_id=agent.pk, month=month)
+        denials = Action.objects.filter(agent=agent, outcome="denied", created_at__gte=now - dt.timedelta(days=7)).count()
+    else:
+        budgets, spend, denials = [], 0, 0
+    if approval.budget_id and not any(line.budget.pk == approval.budget_id for line in budgets):
+        from billing.selectors import BudgetLine
+        from billing.models import BudgetPeriod
+
+        period = BudgetPeriod.objects.filter(budget_id=approval.budget_id, period_start=month).first()
+        budgets = [BudgetLine(approval.budget, period.spent_micros if period else 0,
+                              period.reserved_micros if period else 0), *budgets]
+    view = DataView.objects.filter(name=action.resource).first() if action and action.action == "data.read" else None
+    decisions = list(approval.decisions.select_related("decided_by"))
+    return ApprovalContext(approval=approval, agent=agent, budgets=budgets, data_view=view, spend_this_month=spend,
+                           denials_this_week=denials, decisions=decisions)
 
 
 def approval_may_decide(*, user, approval: Approval) -> bool:

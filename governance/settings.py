@@ -181,6 +181,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "sign-audit-chain-heads": {"task": "audit.checkpoint", "schedule": 60.0},
     "archive-old-audit-events": {"task": "audit.archive", "schedule": 6 * 3600.0},
     "expire-audit-exports": {"task": "audit.exports_sweep", "schedule": 3600.0},
+    "expire-approvals": {"task": "governance.approvals_expire", "schedule": 60.0},
+    "remind-approvers": {"task": "governance.approvals_remind", "schedule": 300.0},
 }
 
 # --- security -----------------------------------------------------------------
@@ -292,6 +294,15 @@ WARDEN_AUDIT_ARCHIVE_DIR = Path(envstr("WARDEN_AUDIT_ARCHIVE_DIR") or BASE_DIR /
 WARDEN_EXPORT_DIR = Path(envstr("WARDEN_EXPORT_DIR") or BASE_DIR / "var" / "exports")
 WARDEN_EXPORT_TTL_HOURS = envint("WARDEN_EXPORT_TTL_HOURS", 72)  # export files are deleted after this
 WARDEN_RESERVATION_TIMEOUT = envint("WARDEN_RESERVATION_TIMEOUT", 900)  # seconds before the sweep releases
+# Approvals: how long a request waits (a policy's @expires or a budget's setting may say otherwise), when the
+# group is reminded before it lapses, and the groups whose members may decide for agents they own or lent to.
+WARDEN_APPROVAL_TTL_HOURS = envint("WARDEN_APPROVAL_TTL_HOURS", 24)
+WARDEN_APPROVAL_REMINDER_MINUTES = envint("WARDEN_APPROVAL_REMINDER_MINUTES", 60)
+WARDEN_APPROVAL_SELF_APPROVE_GROUPS = envlist("WARDEN_APPROVAL_SELF_APPROVE_GROUPS")
+WARDEN_APPROVAL_WEBHOOK_URL = envstr("WARDEN_APPROVAL_WEBHOOK_URL")
+WARDEN_APPROVAL_WEBHOOK_SECRET = envstr("WARDEN_APPROVAL_WEBHOOK_SECRET")
+# The console's address as people reach it, for links in e-mails and webhooks.
+WARDEN_BASE_URL = envstr("WARDEN_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 WARDEN_SPIKE_FACTOR = envint("WARDEN_SPIKE_FACTOR", 4)
 WARDEN_SPIKE_MIN_MICROS = envint("WARDEN_SPIKE_MIN_MICROS", 1_000_000)
 WARDEN_ALERT_WEBHOOK_URL = envstr("WARDEN_ALERT_WEBHOOK_URL")

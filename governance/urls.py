@@ -19,6 +19,10 @@ section_patterns = [
     path("agents/<uuid:agent_id>/roles/", views.grant_create, name="grant-create"),
     path("agents/<uuid:agent_id>/roles/<int:grant_id>/revoke/", views.grant_revoke, name="grant-revoke"),
     path("approvals/", views.approval_list, name="approvals"),
+    path("approvals/badge/", views.approval_badge, name="approval-badge"),
+    path("approvals/<uuid:approval_id>/", views.approval_detail, name="approval"),
+    path("approvals/<uuid:approval_id>/approve/", views.approval_decide, {"verdict": "approve"}, name="approval-approve"),
+    path("approvals/<uuid:approval_id>/deny/", views.approval_decide, {"verdict": "deny"}, name="approval-deny"),
     path("data-views/", views.data_view_list, name="data-views"),
     path("data-views/<slug:name>/", views.data_view_edit, name="data-view-edit"),
 ]

@@ -10,17 +10,21 @@ from django.contrib.auth.views import LoginView
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.vary import vary_on_headers
 
 from agents import selectors as agent_selectors
 from audit.services import audit_record
 
-from . import selectors, services, simulation
+from . import approvals, selectors, services, simulation
 from .access import can, require, user_groups
 from .context_processors import SECTIONS
-from .exceptions import Conflict
+from .approvals import may_decide
+from .exceptions import Conflict, NotAllowed
+from .filters import ApprovalFilter
 from .forms import (ApiTokenForm, DataViewEditForm, DataViewForm, GrantForm, PolicyEditForm, PolicyForm, RoleForm,
                     SimulateForm, apply_errors)
 from .health import readiness
@@ -86,10 +90,78 @@ def home(request):
     return render(request, "governance/home.html", {"sections": sections, "groups": sorted(user_groups(request.user))})
 
 
+def approval_rows(user, approvals) -> list[dict]:
+    """Each request with what this person may do about it (one rule for the page and its live pushes)."""
+    return [{"approval": approval, "refusal": may_decide(user=user, approval=approval)} for approval in approvals]
+
+
 @require("approval.view")
+@vary_on_headers("HX-Request")
 def approval_list(request):
-    approvals = selectors.approval_list(user=request.user).filter(status="pending").order_by("created_at")
-    return render(request, "governance/approval_list.html", {"approvals": approvals[:200]})
+    """The queue: what waits, oldest first (or the history), filtered; it updates itself (/ws/approvals/)."""
+    query = request.GET.copy()
+    query.setdefault("status", "pending")
+    filters = ApprovalFilter(query)
+    rows, status = [], 200
+    if filters.is_valid():
+        rows = approval_rows(request.user, filters.filter(selectors.approval_list(user=request.user))[:200])
+    else:
+        status = 400
+    template = "governance/approval_list.html#rows" if request.htmx else "governance/approval_list.html"
+    return render(request, template, {"filters": filters, "rows": rows, "query": query.urlencode()}, status=status)
+
+
+@require("approval.view")
+def approval_detail(request, approval_id):
+    approval = selectors.approval_get(user=request.user, approval_id=approval_id)
+    return render(request, "governance/approval_detail.html", {
+        "context": selectors.approval_context(approval=approval),
+        "refusal": may_decide(user=request.user, approval=approval),
+        "can_view_policies": can(request.user, "policy.view"),
+    })
+
+
+@require("approval.decide")
+@require_POST
+def approval_decide(request, approval_id, verdict):
+    """Approve or deny from the queue (the row comes back) or the detail page (its decision panel does)."""
+    approval = selectors.approval_get(user=request.user, approval_id=approval_id)
+    error, status = None, 200
+    try:
+        approval = approvals.approval_decide(approval=approval, by=request.user, verdict=verdict,
+                                             comment=request.POST.get("comment", ""))
+    except ValidationError as problem:
+        error, status = " ".join(problem.messages), 400
+    except NotAllowed as problem:
+        error, status = problem.message, 403
+    except Conflict as problem:
+        error, status = problem.message, 409
+    approval = selectors.approval_get(user=request.user, approval_id=approval_id)
+    if not request.htmx:
+        if error:
+            messages.error(request, error)
+        else:
+            messages.success(request, f"Request {approval.status}.")
+        return redirect("governance:approval", approval_id=approval.pk)
+    # htmx swaps only 2xx answers: a refusal comes back as 200 with the message in place (the status is in
+    # X-Warden-Status for scripts); without htmx the redirect above carries it as a message.
+    if request.POST.get("from") == "queue":
+        row = approval_rows(request.user, [approval])[0]
+        response = render(request, "governance/approval_list.html#row", {"row": row, "error": error})
+    else:
+        context = {"context": selectors.approval_context(approval=approval), "error": error,
+                   "refusal": may_decide(user=request.user, approval=approval)}
+        response = render(request, "governance/approval_detail.html#decision", context)
+        response.write(render_to_string("governance/approval_detail.html#status", context, request=request))
+    response["HX-Trigger"] = "approvals-changed"  # the navigation's count
+    response["X-Warden-Status"] = str(status)
+    return response
+
+
+@require("approval.view")
+def approval_badge(request):
+    """The navigation's count of what waits for the user's groups (polled, and refreshed by the queue)."""
+    return render(request, "governance/approval_badge.html", {"count": selectors.approval_pending_count(user=request.user)})
 
 
 # --- policies ---------------------------------------------------------------------------

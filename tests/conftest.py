@@ -131,6 +131,16 @@ def fresh_rate_limits():
     yield
 
 
+@pytest.fixture
+def eager_tasks():
+    """Celery tasks run where they are sent (as a worker would run them), for tests about what they do."""
+    from governance.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
 @pytest.fixture(autouse=True, scope="session")
 def fast_password_hasher():
     """PBKDF2 costs ~300 ms a user by design; tests need logins, not that cost."""

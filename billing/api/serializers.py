@@ -38,6 +38,10 @@ class BudgetUpdateInput(serializers.Serializer):
     thresholds = serializers.ListField(child=serializers.IntegerField(), required=False, max_length=10)
     on_exceed = serializers.ChoiceField(choices=OnExceed.values, required=False)
     active = serializers.BooleanField(required=False)
+    approvals_required = serializers.ChoiceField(choices=[1, 2], required=False,
+                                                 help_text="distinct finance approvers when over the limit escalates")
+    approval_ttl_hours = serializers.IntegerField(min_value=1, max_value=720, required=False,
+                                                  help_text="how long such a request waits before it expires")
 
 
 class BudgetOutput(serializers.Serializer):
@@ -47,6 +51,8 @@ class BudgetOutput(serializers.Serializer):
     monthly_limit_micros = serializers.IntegerField(source="limit")
     thresholds = serializers.ListField(child=serializers.IntegerField(), source="budget.thresholds")
     on_exceed = serializers.CharField(source="budget.on_exceed")
+    approvals_required = serializers.IntegerField(source="budget.approvals_required")
+    approval_ttl_hours = serializers.IntegerField(source="budget.approval_ttl_hours", allow_null=True)
     active = serializers.BooleanField(source="budget.active")
     spent_micros = serializers.IntegerField(source="spent")
     reserved_micros = serializers.IntegerField(source="reserved")

@@ -23,3 +23,9 @@ def subtract_from(value, total):
 @register.filter
 def make_list_words(value: str) -> list[str]:
     return value.split()
+
+
+@register.filter
+def subtract(value, other):
+    """value - other, for whole micro-dollars."""
+    return int(value or 0) - int(other or 0)

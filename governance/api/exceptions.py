@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from governance.context import get_correlation_id
-from governance.exceptions import Conflict
+from governance.exceptions import Conflict, NotAllowed
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ def problem_exception_handler(exc, context):
     request = context.get("request")
     if isinstance(exc, Conflict):
         return problem(409, "Conflict", exc.message, request=request, extra={"code": exc.code})
+    if isinstance(exc, NotAllowed):
+        return problem(403, "Forbidden", exc.message, request=request, extra={"code": exc.code})
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}

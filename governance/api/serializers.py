@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agents.models import Clearance, Team
+from billing.api.serializers import StrictMicros
 from governance.models import Action, Role
 from governance.scopes import SCOPES
 
@@ -21,6 +23,8 @@ class ApprovalOutput(serializers.Serializer):
     group = serializers.CharField()
     status = serializers.CharField()
     reasons = serializers.ListField(child=serializers.CharField())
+    required_approvals = serializers.IntegerField()
+    expires_at = serializers.DateTimeField()
     decided_at = serializers.DateTimeField()
 
 
@@ -45,9 +49,13 @@ class ActionOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
     completed_at = serializers.DateTimeField(allow_null=True)
 
+    @extend_schema_field(ApprovalOutput(allow_null=True))
     def get_approval(self, action: Action) -> dict | None:
-        approval = getattr(action, "approval", None) if action.outcome == "pending_approval" else None
-        return ApprovalOutput(approval).data if approval is not None else None
+        try:
+            approval = action.approval
+        except Action.approval.RelatedObjectDoesNotExist:
+            return None
+        return ApprovalOutput(approval).data
 
 
 class CompleteInput(serializers.Serializer):
@@ -205,3 +213,92 @@ class DataViewOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     updated_by = serializers.CharField(source="updated_by.username", default=None)
+
+
+class ActionWaitInput(serializers.Serializer):
+    wait = serializers.IntegerField(min_value=0, max_value=30, required=False, default=0,
+                                    help_text="Seconds to wait for a pending approval's decision (at most 30).")
+
+
+class DecisionOutput(serializers.Serializer):
+    decided_by = serializers.CharField(source="decided_by.username")
+    verdict = serializers.CharField()
+    comment = serializers.CharField()
+    decided_at = serializers.DateTimeField()
+
+
+class BudgetUseOutput(serializers.Serializer):
+    budget_id = serializers.IntegerField(source="budget.id")
+    target = serializers.CharField(source="budget.label")
+    monthly_limit_micros = serializers.IntegerField(source="limit")
+    spent_micros = serializers.IntegerField(source="spent")
+    reserved_micros = serializers.IntegerField(source="reserved")
+    remaining_micros = serializers.IntegerField(source="remaining")
+    on_exceed = serializers.CharField(source="budget.on_exceed")
+
+
+class ApprovalDetailOutput(serializers.Serializer):
+    id = serializers.UUIDField(source="approval.id")
+    kind = serializers.CharField(source="approval.kind")
+    status = serializers.CharField(source="approval.status")
+    group = serializers.CharField(source="approval.group")
+    required_approvals = serializers.IntegerField(source="approval.required_approvals")
+    reasons = serializers.ListField(child=serializers.CharField(), source="approval.reasons")
+    purpose = serializers.CharField(source="approval.purpose", help_text="what the asker says it is for (a claim)")
+    created_at = serializers.DateTimeField(source="approval.created_at")
+    expires_at = serializers.DateTimeField(source="approval.expires_at")
+    decided_at = serializers.DateTimeField(source="approval.decided_at")
+    decided_by = serializers.CharField(source="approval.decided_by.username", default=None)
+    note = serializers.CharField(source="approval.note")
+    agent = serializers.SerializerMethodField()
+    action = serializers.SerializerMethodField()
+    budget_increase = serializers.SerializerMethodField()
+    budgets = BudgetUseOutput(many=True)
+    data_view = serializers.SerializerMethodField()
+    spend_this_month_micros = serializers.IntegerField(source="spend_this_month")
+    denials_this_week = serializers.IntegerField()
+    decisions = DecisionOutput(many=True)
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_agent(self, context) -> dict | None:
+        agent = context.agent
+        if agent is None:
+            return None
+        return {"id": str(agent.pk), "name": agent.name, "owner": agent.owner.get_username(), "team": agent.team.name,
+                "status": agent.status}
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_action(self, context) -> dict | None:
+        action = context.approval.action if context.approval.action_id else None
+        if action is None:
+            return None
+        return {"id": str(action.pk), "action": action.action, "resource": action.resource,
+                "estimated_cost_micros": action.estimated_cost_micros, "policies": action.policy_ids,
+                "policy_version": action.policy_version, "delegation_chain": action.delegation_chain,
+                "request_digest": action.request_digest, "correlation_id": action.correlation_id,
+                "outcome": action.outcome}
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_budget_increase(self, context) -> dict | None:
+        approval = context.approval
+        if not approval.budget_id:
+            return None
+        return {"budget_id": approval.budget_id, "target": approval.budget.label,
+                "monthly_limit_micros": approval.budget.monthly_limit_micros,
+                "requested_limit_micros": approval.requested_limit_micros,
+                "requested_by": (approval.requested_by.get_username() if approval.requested_by_id
+                                 else f"agent:{approval.requested_by_agent.name}")}
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_data_view(self, context) -> dict | None:
+        view = context.data_view
+        return {"name": view.name, "classification": view.get_classification_display(), "team": view.team.name} if view else None
+
+
+class DecideInput(serializers.Serializer):
+    comment = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class IncreaseRequestInput(serializers.Serializer):
+    monthly_limit_micros = StrictMicros(help_text="the monthly limit asked for, in micro-dollars")
+    reason = serializers.CharField(max_length=1000, help_text="why: finance reads it before deciding")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -11,14 +12,16 @@ from rest_framework.views import APIView
 
 from agents import selectors as agent_selectors
 from agents.principal import AgentPrincipal
-from governance import gate, services, simulation
+from governance import approvals, gate, services, simulation
 from governance.access import can, capabilities_of, user_groups
 from governance.api.base import CapabilityView, valid
 from governance.api.pagination import Pagination
 from governance.api.permissions import IsAgent
 from governance.context import correlation_scope, get_correlation_id
+from governance.filters import ApprovalFilter
 from governance.models import Action, Policy, PolicySetVersion, RoleGrant, Role
-from governance.selectors import data_view_get, data_view_list, policy_list
+from governance.selectors import (approval_context, approval_get, approval_list, data_view_get, data_view_list,
+                                  policy_list)
 
 from . import serializers as s
 
@@ -80,10 +83,15 @@ class ActionListView(APIView):
 
 
 class ActionDetailView(APIView):
+    """An action as it stands. With `?wait=N` (at most 30 s), a pending approval's answer is awaited:
+    the server answers as soon as someone decides, or after N seconds, holding no thread meanwhile
+    (governance/asgi.py: the wait happens on the event loop, between two reads through this view)."""
+
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(responses=s.ActionOutput)
+    @extend_schema(parameters=[s.ActionWaitInput], responses=s.ActionOutput)
     def get(self, request, action_id):
+        valid(s.ActionWaitInput, request.query_params)
         return Response(s.ActionOutput(_action_for(request, action_id)).data)
 
 
@@ -298,3 +306,69 @@ class DataViewDetailView(CapabilityView):
         view = data_view_get(user=request.user, name=name)
         services.data_view_update(view=view, by=request.user, **valid(s.DataViewUpdateInput, request.data))
         return Response(s.DataViewOutput(data_view_get(user=request.user, name=name)).data)
+
+
+# --- approvals -------------------------------------------------------------------------------------
+
+
+def _approval(request, approval_id):
+    return approval_get(user=request.user, approval_id=approval_id)
+
+
+class ApprovalListView(CapabilityView):
+    capabilities = {"GET": "approval.view"}
+
+    @extend_schema(parameters=[OpenApiParameter(name, str) for name in ApprovalFilter.base_fields],
+                   responses=s.ApprovalDetailOutput(many=True))
+    def get(self, request):
+        query = {key: value for key, value in request.query_params.items() if key not in ("limit", "offset")}
+        filters = ApprovalFilter(query)
+        unknown = set(query) - set(ApprovalFilter.base_fields)
+        if unknown or not filters.is_valid():
+            raise DjangoValidationError({name: "Unknown filter." for name in unknown} or filters.errors)
+        approvals = filters.filter(approval_list(user=request.user))
+        paginator = Pagination()
+        page = paginator.paginate_queryset(approvals, request, view=self)
+        return paginator.get_paginated_response(
+            s.ApprovalDetailOutput([approval_context(approval=approval) for approval in page], many=True).data)
+
+
+class ApprovalDetailView(CapabilityView):
+    capabilities = {"GET": "approval.view"}
+
+    @extend_schema(responses=s.ApprovalDetailOutput)
+    def get(self, request, approval_id):
+        return Response(s.ApprovalDetailOutput(approval_context(approval=_approval(request, approval_id))).data)
+
+
+class ApprovalDecideView(CapabilityView):
+    capabilities = {"POST": "approval.decide"}
+    verdict = "approve"
+
+    @extend_schema(request=s.DecideInput, responses=s.ApprovalDetailOutput)
+    def post(self, request, approval_id):
+        approval = _approval(request, approval_id)
+        data = valid(s.DecideInput, request.data or {})
+        approvals.approval_decide(approval=approval, by=request.user, verdict=self.verdict, comment=data["comment"])
+        return Response(s.ApprovalDetailOutput(approval_context(approval=_approval(request, approval_id))).data)
+
+
+class BudgetIncreaseRequestView(APIView):
+    """An agent the budget covers (its key), or a person who owns one, asks finance for a higher limit."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=s.IncreaseRequestInput, responses={201: s.ApprovalDetailOutput})
+    def post(self, request, budget_id):
+        from billing.models import Budget
+
+        budget = Budget.objects.filter(pk=budget_id).first()
+        if budget is None:
+            raise Http404("No such budget.")
+        data = valid(s.IncreaseRequestInput, request.data)
+        principal = request.user
+        asker = {"by_agent": principal.agent} if isinstance(principal, AgentPrincipal) else {"by_user": principal}
+        approval = approvals.budget_increase_request(budget=budget, requested_limit_micros=data["monthly_limit_micros"],
+                                                     reason=data["reason"], **asker)
+        return Response(s.ApprovalDetailOutput(approval_context(approval=approval)).data,
+                        status=status.HTTP_201_CREATED)

@@ -157,4 +157,4 @@ def test_an_export_no_worker_finished_is_marked_failed(client_for, decisions, ex
     exports.exports_sweep(now=timezone.now() + dt.timedelta(hours=settings.WARDEN_EXPORT_TTL_HOURS + 1))
     job.refresh_from_db()
     assert job.status == "failed" and "no worker finished it" in job.error
-    assert "hx-trigger" not in client.get(f"/audit/exports/{job.pk}/").content.decode()  # the page stops polling
+    assert 'hx-trigger="every 1s"' not in client.get(f"/audit/exports/{job.pk}/").content.decode()  # polling stops

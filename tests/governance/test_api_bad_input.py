@@ -44,11 +44,13 @@ def world(bot, policy, personas, data_views, api_for):
     delegation = delegation_create(delegate=agent, by_user=personas["admin"], scopes=["llm.call"],
                                    expires_at=timezone.now() + dt.timedelta(hours=1))
     action_id = ask(bot).json()["id"]
+    policy("held", '@escalate("admin")\nforbid(principal, action, resource == Model::"gpt-4o");')
+    approval_id = ask(bot, resource="gpt-4o").json()["approval"]["id"]
     return {
         "clients": {name: api_for(name) for name in ("admin", "finance", "security")} | {"agent": bot},
         "path": {"agent_id": agent.pk, "key_id": AgentKey.objects.filter(agent=agent).first().pk, "name": "all",
                  "budget_id": budget.pk, "action_id": action_id, "delegation_id": delegation.pk,
-                 "grant_id": RoleGrant.objects.filter(agent=agent).first().pk},
+                 "grant_id": RoleGrant.objects.filter(agent=agent).first().pk, "approval_id": approval_id},
     }
 
 

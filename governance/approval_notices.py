@@ -1,0 +1,146 @@
+"""Telling people about approval requests: live pages, long-polling agents, e-mail and a signed webhook.
+
+Everything happens after the transaction commits (nothing for a rollback):
+
+- the channel layer group `approvals` gets every change, and each open queue
+  page (governance.consumers) re-renders what its user may see;
+- the group `action.<id>` gets an escalated action's outcome, and a waiting
+  `GET /api/v1/actions/{id}/?wait=N` answers at once (governance.asgi);
+- new requests and reminders go by e-mail to the group and, if
+  WARDEN_APPROVAL_WEBHOOK_URL is set, as JSON signed with
+  WARDEN_APPROVAL_WEBHOOK_SECRET (`X-Warden-Signature: sha256=<hmac>`, like the
+  budget alerts), in a Celery task that retries.
+
+Redis is not needed for anything to be decided: if it is down, pages and
+waiting agents catch up from PostgreSQL (a page on reconnect, an agent when
+its wait ends).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.mail import send_mail
+from django.db import transaction
+from django.urls import reverse
+
+logger = logging.getLogger(__name__)
+
+QUEUE_GROUP = "approvals"
+FINAL = ("approved", "denied", "expired")
+
+
+def action_group(action_id) -> str:
+    return f"action.{action_id}"
+
+
+def announce_on_commit(approval, event: str, *, by=None) -> None:
+    message = {"type": "approvals.changed", "id": str(approval.pk), "event": event, "group": approval.group,
+               "by": by.get_username() if by is not None else ""}
+    action_id = str(approval.action_id) if approval.action_id else None
+    approval_id = approval.pk
+
+    def send():
+        _publish(QUEUE_GROUP, message)
+        if action_id and event in FINAL:
+            _publish(action_group(action_id), {"type": "action.decided", "id": action_id, "event": event})
+
+    transaction.on_commit(send)
+    if event == "created":
+        deliver_on_commit(approval_id, "created")
+
+
+def _publish(group: str, message: dict) -> None:
+    try:
+        async_to_sync(get_channel_layer().group_send)(group, message)
+    except Exception:  # Redis down: pages and waiting agents catch up from PostgreSQL
+        logger.warning("approval push to %s failed", group, exc_info=True)
+
+
+def deliver_on_commit(approval_id, kind: str) -> None:
+    from .tasks import approval_email_task, approval_webhook_task
+
+    def send():
+        approval_email_task.delay(str(approval_id), kind)
+        if settings.WARDEN_APPROVAL_WEBHOOK_URL:
+            approval_webhook_task.delay(str(approval_id), kind)
+
+    transaction.on_commit(send)
+
+
+def link(approval) -> str:
+    return settings.WARDEN_BASE_URL + reverse("governance:approval", kwargs={"approval_id": approval.pk})
+
+
+def summary(approval) -> dict:
+    """What a person (or a chat tool) needs to see at a glance."""
+    from billing.services import dollars
+
+    body = {"id": str(approval.pk), "kind": approval.kind, "group": approval.group, "status": approval.status,
+            "reasons": approval.reasons, "purpose": approval.purpose, "required_approvals": approval.required_approvals,
+            "expires_at": approval.expires_at.isoformat() if approval.expires_at else None, "url": link(approval)}
+    if approval.action_id:
+        action = approval.action
+        body.update(agent=action.agent.name, action=action.action, resource=action.resource,
+                    estimated_cost=dollars(action.estimated_cost_micros))
+    else:
+        body.update(budget=approval.budget.label, requested_limit=dollars(approval.requested_limit_micros),
+                    agent=approval.requested_by_agent.name if approval.requested_by_agent_id else None)
+    return body
+
+
+def _pending(approval_id: str):
+    from .models import Approval
+
+    approval = Approval.objects.select_related("action__agent", "budget__team", "budget__agent",
+                                               "requested_by_agent").filter(pk=approval_id).first()
+    return approval if approval is not None and approval.status == "pending" else None
+
+
+def _headline(approval, info: dict, kind: str) -> str:
+    what = (f"{info['agent']} asks for {info['action']} {info['resource']} ({info['estimated_cost']})"
+            if approval.action_id else f"more budget for {info['budget']}: {info['requested_limit']} a month")
+    return f"{'Reminder: ' if kind == 'reminder' else ''}approval needed by {approval.group}: {what}"[:190]
+
+
+def email(approval_id: str, kind: str) -> int:
+    """E-mail the deciding group about a new request (or a reminder); how many were written to."""
+    approval = _pending(approval_id)
+    if approval is None:
+        return 0
+    info = summary(approval)
+    text = "\n".join([_headline(approval, info, kind), "", *approval.reasons, "",
+                      f"What it says it is for: {approval.purpose or '(nothing)'}",
+                      f"Decide by {info['expires_at']}: {info['url']}"])
+    recipients = list(get_user_model().objects.filter(groups__name=approval.group, is_active=True).exclude(email="")
+                      .values_list("email", flat=True))
+    if recipients:
+        send_mail(f"[Warden] {_headline(approval, info, kind)}", text, settings.DEFAULT_FROM_EMAIL, recipients)
+    return len(recipients)
+
+
+def webhook(approval_id: str, kind: str) -> None:
+    """POST the request, signed, to WARDEN_APPROVAL_WEBHOOK_URL; ConnectionError (the task retries) if that fails."""
+    from billing.alerts import sign
+
+    url = settings.WARDEN_APPROVAL_WEBHOOK_URL
+    approval = _pending(approval_id)
+    if not url or approval is None:
+        return
+    info = summary(approval)
+    body = json.dumps({"event": f"approval.{kind}", "text": f"{_headline(approval, info, kind)} {info['url']}",
+                       "approval": info}).encode()
+    headers = {"Content-Type": "application/json",
+               "X-Warden-Signature": sign(body, settings.WARDEN_APPROVAL_WEBHOOK_SECRET)}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers, method="POST"), timeout=5):
+            pass
+    except OSError as exc:
+        logger.warning("approval webhook failed: %s", exc)
+        raise ConnectionError(str(exc)) from None

@@ -1,0 +1,321 @@
+"""Approvals: a person decides an escalation, exactly once, knowing what they decide.
+
+Requests come from the gate (an action pending approval, from an @escalate
+policy or a budget that escalates) and from budget increase requests (an
+agent's owner in the browser, or an agent over the API). Each is routed to one
+group; only that group decides it, and never a person with a stake in it (the
+agent's owner, or a person in its delegation chain; per group, unless
+WARDEN_APPROVAL_SELF_APPROVE_GROUPS says otherwise).
+
+Deciding locks the request's row, so of two people who click at once exactly
+one decides; when two approvers are required (@approvals("2"), or a budget's
+setting), the second distinct approval decides. Approving an action re-runs
+its budget step at that moment: the money may be gone, and then the action is
+denied with the reason. A request not decided in time expires into a denial.
+Every verdict and outcome is an audit event under the action's correlation id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+
+from .access import FINANCE
+from .context import correlation_scope
+from .exceptions import Conflict, NotAllowed
+from .models import (Action, ActionOutcome, ActionStatus, Approval, ApprovalDecision, ApprovalKind, ApprovalStatus,
+                     ApprovalVerdict)
+from .payloads import clean_text
+from .selectors import approval_may_decide
+
+logger = logging.getLogger(__name__)
+
+MAX_COMMENT = 2000
+MAX_PURPOSE = 1000
+
+
+def _expiry(now: dt.datetime, *, seconds: int | None = None) -> dt.datetime:
+    return now + dt.timedelta(seconds=seconds or settings.WARDEN_APPROVAL_TTL_HOURS * 3600)
+
+
+def _purpose(value) -> str:
+    """What the asker says it is for: shown to the deciders as the asker's claim."""
+    return clean_text(value.strip())[:MAX_PURPOSE] if isinstance(value, str) else ""
+
+
+def approval_open(*, action: Action, group: str, reasons, approvals: int = 1, expires_in: int | None = None,
+                  now: dt.datetime) -> Approval:
+    """The request for an escalated action, made by the gate inside its own transaction."""
+    approval = Approval.objects.create(
+        kind=ApprovalKind.ACTION, action=action, request_digest=action.request_digest, group=group,
+        required_approvals=2 if approvals >= 2 else 1, reasons=list(reasons),
+        purpose=_purpose((action.context or {}).get("purpose")), created_at=now,
+        expires_at=_expiry(now, seconds=expires_in),
+    )
+    _announce(approval, "created")
+    return approval
+
+
+def _covers(budget, agent) -> bool:
+    from billing.models import BudgetScope
+
+    return (budget.scope == BudgetScope.ORGANISATION or (budget.scope == BudgetScope.TEAM and budget.team_id == agent.team_id)
+            or (budget.scope == BudgetScope.AGENT and budget.agent_id == agent.pk))
+
+
+@transaction.atomic
+def budget_increase_request(*, budget, requested_limit_micros, reason: str, by_user=None, by_agent=None) -> Approval:
+    """Ask finance for a higher monthly limit: by an agent the budget covers, or a person who owns one."""
+    from agents.models import Agent, AgentStatus
+    from billing.models import Budget
+    from billing.services import MAX_MICROS, dollars, money
+
+    if (by_user is None) == (by_agent is None):
+        raise ValueError("exactly one of by_user, by_agent")
+    budget = Budget.objects.select_related("team", "agent").get(pk=budget.pk)
+    limit = money(requested_limit_micros, "monthly_limit_micros", maximum=MAX_MICROS)
+    reason = _purpose(reason)
+    if not reason:
+        raise ValidationError({"reason": "Say why the budget should grow: finance decides on it."})
+    if not budget.active:
+        raise Conflict("This budget is switched off; ask finance directly.", code="budget_inactive")
+    if limit <= budget.monthly_limit_micros:
+        raise ValidationError({"monthly_limit_micros": f"Ask for more than today's {dollars(budget.monthly_limit_micros)}."})
+    if by_agent is not None:
+        agent = Agent.objects.get(pk=by_agent.pk)
+        if agent.status != AgentStatus.ACTIVE or not _covers(budget, agent):
+            raise NotAllowed("An agent may ask only for a budget that covers it, while it is active.",
+                             code="not_covered")
+    else:
+        agents = Agent.objects.filter(owner=by_user).exclude(status=AgentStatus.RETIRED)
+        if not any(_covers(budget, agent) for agent in agents):
+            raise NotAllowed("Only the owner of an agent this budget covers may ask for more.", code="not_an_owner")
+    duplicate = Approval.objects.filter(kind=ApprovalKind.BUDGET_INCREASE, budget=budget, status=ApprovalStatus.PENDING,
+                                        requested_by=by_user, requested_by_agent=by_agent)
+    if duplicate.exists():
+        raise Conflict("You already have a pending request for this budget.", code="already_requested")
+    now = timezone.now()
+    approval = Approval.objects.create(
+        kind=ApprovalKind.BUDGET_INCREASE, budget=budget, requested_limit_micros=limit, requested_by=by_user,
+        requested_by_agent=by_agent, purpose=reason, group=FINANCE, required_approvals=budget.approvals_required,
+        reasons=[f"{budget.label}: from {dollars(budget.monthly_limit_micros)} to {dollars(limit)} a month"],
+        created_at=now, expires_at=_expiry(now, seconds=(budget.approval_ttl_hours or 0) * 3600 or None),
+    )
+    audit_record(action="budget.increase_request", actor=by_user or by_agent, agent=by_agent or budget.agent,
+                 resource=f"budget:{budget.pk}", outcome="pending_approval", reasons=[reason],
+                 payload={"approval_id": str(approval.pk), "from_micros": budget.monthly_limit_micros,
+                          "to_micros": limit})
+    _announce(approval, "created")
+    return approval
+
+
+# --- deciding ----------------------------------------------------------------------------
+
+
+def stake_in(*, user, approval: Approval) -> str | None:
+    """Why this person may not decide this request though their group may (None when they may)."""
+    if approval.group in settings.WARDEN_APPROVAL_SELF_APPROVE_GROUPS:
+        return None
+    username = user.get_username()
+    if approval.kind == ApprovalKind.BUDGET_INCREASE:
+        if approval.requested_by_id == user.pk:
+            return "you asked for this increase; another member of finance decides it"
+        agent = approval.requested_by_agent
+        if agent is not None and agent.owner_id == user.pk:
+            return f"you own {agent.name}, which asked for this increase"
+        return None
+    action = approval.action
+    if action.agent.owner_id == user.pk:
+        return f"you own {action.agent.name}: separation of duties"
+    if any(hop.get("type") == "user" and hop.get("name") == username for hop in action.delegation_chain or []):
+        return f"you are in {action.agent.name}'s delegation chain: separation of duties"
+    return None
+
+
+def may_decide(*, user, approval: Approval) -> str | None:
+    """Why this person may not decide this request now (None when they may)."""
+    if not approval_may_decide(user=user, approval=approval):
+        return f"this request is for {approval.group} to decide"
+    return stake_in(user=user, approval=approval)
+
+
+def approval_decide(*, approval: Approval, by, verdict: str, comment: str = "") -> Approval:
+    """Approve or deny; exactly one decision wins. Raises ValidationError, NotAllowed or Conflict."""
+    if verdict not in ApprovalVerdict.values:
+        raise ValidationError({"verdict": "Either approve or deny."})
+    comment = (comment or "").strip()
+    if len(comment) > MAX_COMMENT:
+        raise ValidationError({"comment": f"At most {MAX_COMMENT} characters."})
+    correlation = approval.action.correlation_id if approval.action_id else None
+    with correlation_scope(correlation):  # the whole story of an action under one correlation id
+        return _decide(approval_id=approval.pk, by=by, verdict=verdict, comment=clean_text(comment))
+
+
+@transaction.atomic
+def _decide(*, approval_id, by, verdict: str, comment: str) -> Approval:
+    approval = (Approval.objects.select_for_update(of=("self",), no_key=True)
+                .select_related("action__agent__team", "budget__team", "budget__agent", "requested_by_agent")
+                .get(pk=approval_id))
+    refusal = may_decide(user=by, approval=approval)
+    if refusal:
+        raise NotAllowed(f"You cannot decide this request: {refusal}.", code="may_not_decide")
+    now = timezone.now()
+    if approval.status != ApprovalStatus.PENDING:
+        who = f" by {approval.decided_by.get_username()}" if approval.decided_by_id else ""
+        raise Conflict(f"This request was already {approval.status}{who}.", code="already_decided")
+    if approval.expires_at is not None and approval.expires_at <= now:
+        raise Conflict("This request has expired; the agent must ask again.", code="expired")
+    try:
+        with transaction.atomic():
+            ApprovalDecision.objects.create(approval=approval, decided_by=by, verdict=verdict, comment=comment,
+                                            decided_at=now)
+    except IntegrityError:
+        raise Conflict("You have already approved this request; it needs another approver.",
+                       code="already_approved") from None
+    approvals = approval.decisions.filter(verdict=ApprovalVerdict.APPROVE).count()
+    subject = _subject(approval)
+    audit_record(action=f"approval.{verdict}", actor=by, agent=subject, resource=f"approval:{approval.pk}",
+                 outcome=verdict, reasons=[comment] if comment else [],
+                 payload={"approval_id": str(approval.pk), "approvals": approvals,
+                          "required": approval.required_approvals})
+    if verdict == ApprovalVerdict.APPROVE and approvals < approval.required_approvals:
+        _announce(approval, "approved_once", by=by)
+        return approval
+    if verdict == ApprovalVerdict.DENY:
+        _finish(approval, status=ApprovalStatus.DENIED, by=by, comment=comment, now=now,
+                reason=f"denied by {by.get_username()}" + (f": {comment}" if comment else ""))
+    elif approval.kind == ApprovalKind.BUDGET_INCREASE:
+        _approve_increase(approval, by=by, comment=comment, now=now)
+    else:
+        _approve_action(approval, by=by, comment=comment, now=now)
+    return approval
+
+
+def _subject(approval: Approval):
+    """The agent whose audit chain records the request."""
+    if approval.kind == ApprovalKind.ACTION:
+        return approval.action.agent
+    return approval.requested_by_agent or approval.budget.agent
+
+
+def _chain_of(agent) -> str:
+    return f"agent:{agent.pk}" if agent is not None else "global"
+
+
+def _approve_action(approval: Approval, *, by, comment: str, now) -> None:
+    """Run the budget step now: what was affordable when asked may not be any more."""
+    from agents.models import AgentStatus
+    from billing import services as billing
+
+    action = Action.objects.select_for_update(of=("self",), no_key=True).select_related("agent__team").get(
+        pk=approval.action_id)
+    said = f"approved by {by.get_username()}" + (f": {comment}" if comment else "")
+    if action.agent.status != AgentStatus.ACTIVE:
+        _finish(approval, status=ApprovalStatus.DENIED, by=by, comment=comment, now=now,
+                reason=f"{said}; but {action.agent.name} is {action.agent.status} now")
+        return
+    reservation = billing.reserve(agent=action.agent, action_id=action.pk, micros=action.estimated_cost_micros,
+                                  at=now, finance_approved=approval.group == FINANCE)
+    if reservation.outcome != ActionOutcome.ALLOWED:
+        _finish(approval, status=ApprovalStatus.DENIED, by=by, comment=comment, now=now,
+                reason=f"{said}; but the budget step at approval refused it: {'; '.join(reservation.reasons)}")
+        return
+    _finish(approval, status=ApprovalStatus.APPROVED, by=by, comment=comment, now=now, reason=said,
+            reserved=reservation.micros)
+
+
+def _approve_increase(approval: Approval, *, by, comment: str, now) -> None:
+    from billing.services import budget_update
+
+    budget_update(budget=approval.budget, by=by, monthly_limit_micros=approval.requested_limit_micros)
+    said = f"approved by {by.get_username()}" + (f": {comment}" if comment else "")
+    _finish(approval, status=ApprovalStatus.APPROVED, by=by, comment=comment, now=now, reason=said)
+
+
+def _finish(approval: Approval, *, status: str, by, comment: str, now, reason: str, reserved: int = 0) -> None:
+    """The outcome: the request and, for an action, the Action (allowed with its reservation, or denied)."""
+    updated = Approval.objects.filter(pk=approval.pk, status=ApprovalStatus.PENDING).update(
+        status=status, decided_at=now, decided_by=by, note=comment)
+    if updated != 1:  # the row is locked by the caller: only a bug gets here
+        raise Conflict("This request was decided meanwhile.", code="already_decided")
+    approval.status, approval.decided_at, approval.decided_by, approval.note = status, now, by, comment
+    if approval.kind == ApprovalKind.ACTION:
+        outcome = ActionOutcome.ALLOWED if status == ApprovalStatus.APPROVED else ActionOutcome.DENIED
+        action = approval.action
+        action.outcome, action.reserved_micros = outcome, reserved
+        action.reasons = [*action.reasons, reason]
+        Action.objects.filter(pk=action.pk).update(outcome=outcome, reserved_micros=reserved, reasons=action.reasons)
+    audit_record(action=f"approval.{status}", actor=by, agent=_subject(approval), resource=f"approval:{approval.pk}",
+                 outcome=status, reasons=[reason],
+                 payload={"approval_id": str(approval.pk), "kind": approval.kind, "reserved_micros": reserved,
+                          **({"action_id": str(approval.action_id)} if approval.action_id else {}),
+                          **({"budget_id": approval.budget_id} if approval.budget_id else {})})
+    _announce(approval, status, by=by)
+
+
+def approvals_withdraw(*, agent, reason: str) -> int:
+    """Deny what an agent that was just suspended or retired still waits for (nobody should approve it now)."""
+    withdrawn = 0
+    with transaction.atomic():
+        waiting = list(Approval.objects.select_for_update(of=("self",), no_key=True)
+                       .filter(status=ApprovalStatus.PENDING, action__agent=agent)
+                       .select_related("action__agent__team").order_by("created_at"))
+        for approval in waiting:
+            with correlation_scope(approval.action.correlation_id):
+                _finish(approval, status=ApprovalStatus.DENIED, by=None, comment="", now=timezone.now(),
+                        reason=f"withdrawn: {reason}")
+            withdrawn += 1
+    return withdrawn
+
+
+# --- expiry and reminders (beat) -------------------------------------------------------------------
+
+
+def approvals_expire(*, now: dt.datetime | None = None, batch: int = 100) -> int:
+    """Deny what nobody decided in time; each expiry is audited. Returns how many expired."""
+    now = now or timezone.now()
+    expired = 0
+    while True:
+        with transaction.atomic():
+            due = list(Approval.objects.select_for_update(of=("self",), no_key=True, skip_locked=True)
+                       .filter(status=ApprovalStatus.PENDING, expires_at__lte=now)
+                       .select_related("action__agent__team", "budget__agent", "requested_by_agent")
+                       .order_by("expires_at")[:batch])
+            due.sort(key=lambda item: _chain_of(_subject(item)))  # chain heads in chain order, as the sweep
+            for approval in due:
+                with correlation_scope(approval.action.correlation_id if approval.action_id else None):
+                    _finish(approval, status=ApprovalStatus.EXPIRED, by=None, comment="", now=now,
+                            reason=f"the approval request expired at {approval.expires_at:%Y-%m-%d %H:%M} UTC "
+                                   "without a decision")
+            expired += len(due)
+        if len(due) < batch:
+            return expired
+
+
+def approvals_remind(*, now: dt.datetime | None = None) -> int:
+    """Tell each group, once, about its requests that lapse within WARDEN_APPROVAL_REMINDER_MINUTES."""
+    from .approval_notices import deliver_on_commit
+
+    now = now or timezone.now()
+    soon = now + dt.timedelta(minutes=settings.WARDEN_APPROVAL_REMINDER_MINUTES)
+    reminded = 0
+    for approval_id in Approval.objects.filter(status=ApprovalStatus.PENDING, reminded_at__isnull=True,
+                                               expires_at__gt=now, expires_at__lte=soon).values_list("pk", flat=True):
+        with transaction.atomic():
+            if Approval.objects.filter(pk=approval_id, reminded_at__isnull=True).update(reminded_at=now) == 1:
+                deliver_on_commit(approval_id, "reminder")
+                reminded += 1
+    return reminded
+
+
+def _announce(approval: Approval, event: str, *, by=None) -> None:
+    from .approval_notices import announce_on_commit
+
+    announce_on_commit(approval, event, by=by)
