@@ -256,9 +256,10 @@ def budget_increase_request(request, agent_id):
 
     agent = selectors.agent_get(user=request.user, agent_id=agent_id)
     form = BudgetIncreaseForm(request.POST)
+    budget = Budget.objects.select_related("team", "agent").filter(pk=form.data.get("budget") or 0).first() \
+        if str(form.data.get("budget", "")).isdigit() else None
     if not form.is_valid():
-        return _detail(request, agent, status=400, increase_form=form, open_dialog="increase")
-    budget = Budget.objects.filter(pk=form.cleaned_data["budget"]).first()
+        return _detail(request, agent, status=400, increase_form=form, open_dialog="increase", increase_budget=budget)
     try:
         if budget is None:
             raise ValidationError({"budget": "No such budget."})
@@ -266,7 +267,7 @@ def budget_increase_request(request, agent_id):
                                           reason=form.cleaned_data["reason"], by_user=request.user)
     except ValidationError as error:
         apply_errors(form, error)
-        return _detail(request, agent, status=400, increase_form=form, open_dialog="increase")
+        return _detail(request, agent, status=400, increase_form=form, open_dialog="increase", increase_budget=budget)
     except (NotAllowed, Conflict) as error:
         return _detail(request, agent, status=403 if isinstance(error, NotAllowed) else 409, action_error=error.message)
     messages.success(request, f"Asked finance to raise {budget.label}; the request is in their approval queue.")
