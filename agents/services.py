@@ -233,8 +233,9 @@ def agent_suspend(*, agent: Agent, by, reason: str) -> Agent:
             agent = current  # pressed again: the cancellation below runs again, nothing else changes
         else:
             agent = _transition(current, to=AgentStatus.SUSPENDED, by=by, reason=reason, action="agent.suspend")
-    actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was suspended: {agent.status_reason}")
+    # What waits for a person first: an approval decided meanwhile then makes an allowed action to cancel.
     approvals_withdraw(agent=agent, reason=f"agent {agent.name} was suspended: {agent.status_reason}")
+    actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was suspended: {agent.status_reason}")
     return agent
 
 
@@ -264,8 +265,9 @@ def agent_retire(*, agent: Agent, by, reason: str) -> Agent:
         Delegation.objects.filter(revoked_at__isnull=True, delegator_agent=agent).update(
             revoked_at=now, revoked_by=by, revoked_reason="delegator retired"
         )
-    actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was retired: {reason}")
+    # What waits for a person first: an approval decided meanwhile then makes an allowed action to cancel.
     approvals_withdraw(agent=agent, reason=f"agent {agent.name} was retired: {reason}")
+    actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was retired: {reason}")
     return agent
 
 

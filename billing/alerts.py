@@ -39,7 +39,8 @@ def _create(*, kind, key, message, period, budget_id=None, agent_id=None, thresh
     from .tasks import alert_deliver_task
 
     notification_id = row[0]
-    transaction.on_commit(lambda: alert_deliver_task.delay(notification_id))
+    # robust: a broker that is down must not turn a committed settlement into an error
+    transaction.on_commit(lambda: alert_deliver_task.delay(notification_id), robust=True)
     return notification_id
 
 

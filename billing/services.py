@@ -49,6 +49,7 @@ class Reservation:
     escalate_to: list[str] = field(default_factory=list)
     approvals: int = 1  # when escalated: distinct approvers the budgets ask for (the most of them)
     expires_hours: int | None = None  # when escalated: how long the request may wait (the shortest of them)
+    over_budget_ids: list[int] = field(default_factory=list)  # when escalated: the budgets it would exceed
 
 
 def money(value, name: str, *, maximum: int = MAX_MICROS) -> int:
@@ -306,18 +307,19 @@ def _budget_label(scope: str, budget_id: int) -> str:
 
 
 def reserve(*, agent, action_id, micros: int, at: dt.datetime | None = None, covering: int | None = None,
-            open_: int | None = None, finance_approved: bool = False) -> Reservation:
+            open_: int | None = None, waive=()) -> Reservation:
     """Reserve `micros` at every budget covering the agent this month, or at none.
 
-    `finance_approved`: finance has approved this very action (an approval routed to finance), so budgets
-    that escalate when exceeded may be exceeded by it; budgets that deny still deny.
+    `waive`: budgets (that escalate when exceeded) whose limit finance has approved this very action to go
+    past, by deciding the request made for exactly those budgets; any other budget still counts.
     """
     rows = _lock_covering(agent_id=agent.pk, team_id=agent.team_id, month=period_start(at), covering=covering,
                           open_=open_)
     if not rows:
         return Reservation(outcome="allowed", micros=micros)
+    waive = set(waive)
     over = [row for row in rows if micros and row[1] + row[2] + micros > row[3]
-            and not (finance_approved and row[4] == OnExceed.ESCALATE)]
+            and not (row[5] in waive and row[4] == OnExceed.ESCALATE)]
     if over:
         reasons, escalate = [], False
         for _, spent, reserved, limit, on_exceed, budget_id, scope in over:
@@ -332,7 +334,8 @@ def reserve(*, agent, action_id, micros: int, at: dt.datetime | None = None, cov
                 "approvals_required", "approval_ttl_hours"))
             return Reservation(outcome="pending_approval", reasons=reasons, escalate_to=["finance"],
                                approvals=max(approvals for approvals, _ in terms),
-                               expires_hours=min((hours for _, hours in terms if hours), default=None))
+                               expires_hours=min((hours for _, hours in terms if hours), default=None),
+                               over_budget_ids=sorted(row[5] for row in over))
         return Reservation(outcome="denied", reasons=reasons)
     if micros:
         period_ids = [row[0] for row in rows]
@@ -453,7 +456,6 @@ def budget_create(*, scope: str, monthly_limit_micros: int, by, team=None, agent
     return budget
 
 
-@transaction.atomic
 def _clean_approval_terms(approvals_required, approval_ttl_hours) -> dict:
     changes = {}
     if approvals_required is not None:
@@ -467,6 +469,7 @@ def _clean_approval_terms(approvals_required, approval_ttl_hours) -> dict:
     return changes
 
 
+@transaction.atomic
 def budget_update(*, budget: Budget, by, monthly_limit_micros: int | None = None, thresholds=None,
                   on_exceed: str | None = None, active: bool | None = None, approvals_required: int | None = None,
                   approval_ttl_hours: int | None = None) -> Budget:

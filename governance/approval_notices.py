@@ -13,7 +13,8 @@ Everything happens after the transaction commits (nothing for a rollback):
 
 Redis is not needed for anything to be decided: if it is down, pages and
 waiting agents catch up from PostgreSQL (a page on reconnect, an agent when
-its wait ends).
+its wait ends), and a request still commits (sending mail and webhooks is
+robust to a missing broker; the reminder goes out later anyway).
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ import json
 import logging
 import urllib.request
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
 from django.db import transaction
 from django.urls import reverse
+
+from .push import push_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +44,12 @@ def action_group(action_id) -> str:
 def announce_on_commit(approval, event: str, *, by=None) -> None:
     message = {"type": "approvals.changed", "id": str(approval.pk), "event": event, "group": approval.group,
                "by": by.get_username() if by is not None else ""}
-    action_id = str(approval.action_id) if approval.action_id else None
-    approval_id = approval.pk
-
-    def send():
-        _publish(QUEUE_GROUP, message)
-        if action_id and event in FINAL:
-            _publish(action_group(action_id), {"type": "action.decided", "id": action_id, "event": event})
-
-    transaction.on_commit(send)
+    push_on_commit(QUEUE_GROUP, message)
+    if approval.action_id and event in FINAL:
+        push_on_commit(action_group(approval.action_id), {"type": "action.decided", "id": str(approval.action_id),
+                                                          "event": event})
     if event == "created":
-        deliver_on_commit(approval_id, "created")
-
-
-def _publish(group: str, message: dict) -> None:
-    try:
-        async_to_sync(get_channel_layer().group_send)(group, message)
-    except Exception:  # Redis down: pages and waiting agents catch up from PostgreSQL
-        logger.warning("approval push to %s failed", group, exc_info=True)
+        deliver_on_commit(approval.pk, "created")
 
 
 def deliver_on_commit(approval_id, kind: str) -> None:
@@ -71,7 +60,8 @@ def deliver_on_commit(approval_id, kind: str) -> None:
         if settings.WARDEN_APPROVAL_WEBHOOK_URL:
             approval_webhook_task.delay(str(approval_id), kind)
 
-    transaction.on_commit(send)
+    # robust: a broker that is down must not turn a committed request into an error (the reminder resends)
+    transaction.on_commit(send, robust=True)
 
 
 def link(approval) -> str:

@@ -23,17 +23,18 @@ import logging
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from audit.services import audit_record
 
-from .access import FINANCE
+from .access import FINANCE, user_groups
 from .context import correlation_scope
 from .exceptions import Conflict, NotAllowed
 from .models import (Action, ActionOutcome, ActionStatus, Approval, ApprovalDecision, ApprovalKind, ApprovalStatus,
                      ApprovalVerdict)
 from .payloads import clean_text
-from .selectors import approval_may_decide
+from .selectors import approval_may_decide, usable_now as _usable_now
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +51,18 @@ def _purpose(value) -> str:
     return clean_text(value.strip())[:MAX_PURPOSE] if isinstance(value, str) else ""
 
 
-def approval_open(*, action: Action, group: str, reasons, approvals: int = 1, expires_in: int | None = None,
-                  now: dt.datetime) -> Approval:
-    """The request for an escalated action, made by the gate inside its own transaction."""
+def approval_open(*, action: Action, groups, reasons, approvals: int = 1, expires_in: int | None = None,
+                  budget_ids=(), now: dt.datetime) -> Approval:
+    """The request for an escalated action, made by the gate inside its own transaction.
+
+    Every group an escalating policy names must approve (one distinct person of each), and at least
+    `approvals` people in all (@approvals("2"), a budget's setting).
+    """
+    groups = list(dict.fromkeys(groups))
     approval = Approval.objects.create(
-        kind=ApprovalKind.ACTION, action=action, request_digest=action.request_digest, group=group,
-        required_approvals=2 if approvals >= 2 else 1, reasons=list(reasons),
-        purpose=_purpose((action.context or {}).get("purpose")), created_at=now,
+        kind=ApprovalKind.ACTION, action=action, request_digest=action.request_digest, group=groups[0],
+        groups=groups, required_approvals=max(min(approvals, 2), len(groups)), budget_ids=list(budget_ids),
+        reasons=list(reasons), purpose=_purpose((action.context or {}).get("purpose")), created_at=now,
         expires_at=_expiry(now, seconds=expires_in),
     )
     _announce(approval, "created")
@@ -90,24 +96,21 @@ def budget_increase_request(*, budget, requested_limit_micros, reason: str, by_u
         raise ValidationError({"monthly_limit_micros": f"Ask for more than today's {dollars(budget.monthly_limit_micros)}."})
     if by_agent is not None:
         agent = Agent.objects.get(pk=by_agent.pk)
-        if agent.status != AgentStatus.ACTIVE or not _covers(budget, agent):
-            raise NotAllowed("An agent may ask only for a budget that covers it, while it is active.",
-                             code="not_covered")
+        if not _covers(budget, agent):
+            raise Budget.DoesNotExist  # what does not cover it, it need not know exists
+        if agent.status != AgentStatus.ACTIVE:
+            raise NotAllowed(f"Agent {agent.name} is {agent.status}.", code="agent_inactive")
     else:
         agents = Agent.objects.filter(owner=by_user).exclude(status=AgentStatus.RETIRED)
         if not any(_covers(budget, agent) for agent in agents):
             raise NotAllowed("Only the owner of an agent this budget covers may ask for more.", code="not_an_owner")
-    duplicate = Approval.objects.filter(kind=ApprovalKind.BUDGET_INCREASE, budget=budget, status=ApprovalStatus.PENDING,
-                                        requested_by=by_user, requested_by_agent=by_agent)
-    if duplicate.exists():
-        raise Conflict("You already have a pending request for this budget.", code="already_requested")
     now = timezone.now()
-    approval = Approval.objects.create(
-        kind=ApprovalKind.BUDGET_INCREASE, budget=budget, requested_limit_micros=limit, requested_by=by_user,
-        requested_by_agent=by_agent, purpose=reason, group=FINANCE, required_approvals=budget.approvals_required,
-        reasons=[f"{budget.label}: from {dollars(budget.monthly_limit_micros)} to {dollars(limit)} a month"],
-        created_at=now, expires_at=_expiry(now, seconds=(budget.approval_ttl_hours or 0) * 3600 or None),
-    )
+    try:
+        with transaction.atomic():
+            approval = _create_increase(budget=budget, limit=limit, reason=reason, by_user=by_user,
+                                        by_agent=by_agent, now=now)
+    except IntegrityError:  # one open request per asker and budget (a unique index: two at once make one)
+        raise Conflict("You already have a pending request for this budget.", code="already_requested") from None
     audit_record(action="budget.increase_request", actor=by_user or by_agent, agent=by_agent or budget.agent,
                  resource=f"budget:{budget.pk}", outcome="pending_approval", reasons=[reason],
                  payload={"approval_id": str(approval.pk), "from_micros": budget.monthly_limit_micros,
@@ -116,14 +119,27 @@ def budget_increase_request(*, budget, requested_limit_micros, reason: str, by_u
     return approval
 
 
+def _create_increase(*, budget, limit: int, reason: str, by_user, by_agent, now) -> Approval:
+    from billing.services import dollars
+
+    return Approval.objects.create(
+        kind=ApprovalKind.BUDGET_INCREASE, budget=budget, requested_limit_micros=limit, requested_by=by_user,
+        requested_by_agent=by_agent, purpose=reason, group=FINANCE, groups=[FINANCE],
+        required_approvals=budget.approvals_required,
+        reasons=[f"{budget.label}: from {dollars(budget.monthly_limit_micros)} to {dollars(limit)} a month"],
+        created_at=now, expires_at=_expiry(now, seconds=(budget.approval_ttl_hours or 0) * 3600 or None),
+    )
+
+
 # --- deciding ----------------------------------------------------------------------------
 
 
 def stake_in(*, user, approval: Approval) -> str | None:
     """Why this person may not decide this request though their group may (None when they may)."""
+    from agents.models import Agent
+
     if approval.group in settings.WARDEN_APPROVAL_SELF_APPROVE_GROUPS:
         return None
-    username = user.get_username()
     if approval.kind == ApprovalKind.BUDGET_INCREASE:
         if approval.requested_by_id == user.pk:
             return "you asked for this increase; another member of finance decides it"
@@ -134,16 +150,25 @@ def stake_in(*, user, approval: Approval) -> str | None:
     action = approval.action
     if action.agent.owner_id == user.pk:
         return f"you own {action.agent.name}: separation of duties"
-    if any(hop.get("type") == "user" and hop.get("name") == username for hop in action.delegation_chain or []):
-        return f"you are in {action.agent.name}'s delegation chain: separation of duties"
+    chain = action.delegation_chain or []
+    if any(hop.get("type") == "user" and hop.get("name") == user.get_username() for hop in chain):
+        return f"you lent {action.agent.name} its authority (its delegation chain): separation of duties"
+    hop_agents = [hop["id"] for hop in chain if hop.get("type") == "agent" and hop.get("id")]
+    owned = Agent.objects.filter(pk__in=hop_agents, owner_id=user.pk).values_list("name", flat=True).first()
+    if owned:
+        return f"you own {owned}, in {action.agent.name}'s delegation chain: separation of duties"
     return None
 
 
 def may_decide(*, user, approval: Approval) -> str | None:
     """Why this person may not decide this request now (None when they may)."""
     if not approval_may_decide(user=user, approval=approval):
-        return f"this request is for {approval.group} to decide"
+        return f"this request is for {' and '.join(approval.groups or [approval.group])} to decide"
     return stake_in(user=user, approval=approval)
+
+
+class _Superseded(Exception):
+    """The agent was suspended (or its key revoked) while this approval was being decided."""
 
 
 def approval_decide(*, approval: Approval, by, verdict: str, comment: str = "") -> Approval:
@@ -155,11 +180,16 @@ def approval_decide(*, approval: Approval, by, verdict: str, comment: str = "") 
         raise ValidationError({"comment": f"At most {MAX_COMMENT} characters."})
     correlation = approval.action.correlation_id if approval.action_id else None
     with correlation_scope(correlation):  # the whole story of an action under one correlation id
-        return _decide(approval_id=approval.pk, by=by, verdict=verdict, comment=clean_text(comment))
+        try:
+            return _decide(approval_id=approval.pk, by=by, verdict=verdict, comment=clean_text(comment))
+        except _Superseded:  # judged again: this time the agent's new state is read before anything is granted
+            return _decide(approval_id=approval.pk, by=by, verdict=verdict, comment=clean_text(comment))
 
 
 @transaction.atomic
 def _decide(*, approval_id, by, verdict: str, comment: str) -> Approval:
+    """Locks, in the order completions and the sweep take them: the request, its action, budget periods,
+    then audit chain heads (every audit event is written last)."""
     approval = (Approval.objects.select_for_update(of=("self",), no_key=True)
                 .select_related("action__agent__team", "budget__team", "budget__agent", "requested_by_agent")
                 .get(pk=approval_id))
@@ -172,29 +202,42 @@ def _decide(*, approval_id, by, verdict: str, comment: str) -> Approval:
         raise Conflict(f"This request was already {approval.status}{who}.", code="already_decided")
     if approval.expires_at is not None and approval.expires_at <= now:
         raise Conflict("This request has expired; the agent must ask again.", code="expired")
-    try:
-        with transaction.atomic():
-            ApprovalDecision.objects.create(approval=approval, decided_by=by, verdict=verdict, comment=comment,
-                                            decided_at=now)
-    except IntegrityError:
-        raise Conflict("You have already approved this request; it needs another approver.",
-                       code="already_approved") from None
-    approvals = approval.decisions.filter(verdict=ApprovalVerdict.APPROVE).count()
-    subject = _subject(approval)
-    audit_record(action=f"approval.{verdict}", actor=by, agent=subject, resource=f"approval:{approval.pk}",
+    earlier = list(approval.decisions.all())
+    if any(decision.decided_by_id == by.pk for decision in earlier):
+        raise Conflict("You have already decided this request; it needs another approver.", code="already_approved")
+    groups = approval.groups or [approval.group]
+    satisfied = {decision.group for decision in earlier if decision.verdict == ApprovalVerdict.APPROVE}
+    mine = [group for group in groups if by.is_superuser or group in user_groups(by)]
+    acting_for = next((group for group in mine if group not in satisfied), mine[0] if mine else groups[0])
+    ApprovalDecision.objects.create(approval=approval, decided_by=by, verdict=verdict, comment=comment,
+                                    decided_at=now, group=acting_for)
+    approvals = sum(1 for decision in earlier if decision.verdict == ApprovalVerdict.APPROVE) + (verdict == "approve")
+    satisfied |= {acting_for} if verdict == ApprovalVerdict.APPROVE else set()
+    said = f"{'approved' if verdict == 'approve' else 'denied'} by {by.get_username()}" + (f": {comment}" if comment else "")
+
+    if verdict == ApprovalVerdict.DENY:
+        outcome = (ApprovalStatus.DENIED, said, 0)
+    elif approvals < approval.required_approvals or not satisfied >= set(groups):
+        outcome = None  # waits for the other approver(s)
+    elif approval.kind == ApprovalKind.BUDGET_INCREASE:
+        outcome = _approve_increase(approval, by=by, said=said)
+    else:
+        outcome = _approve_action(approval, said=said, now=now)
+
+    audit_record(action=f"approval.{verdict}", actor=by, agent=_subject(approval), resource=f"approval:{approval.pk}",
                  outcome=verdict, reasons=[comment] if comment else [],
-                 payload={"approval_id": str(approval.pk), "approvals": approvals,
-                          "required": approval.required_approvals})
-    if verdict == ApprovalVerdict.APPROVE and approvals < approval.required_approvals:
+                 payload={"approval_id": str(approval.pk), "group": acting_for, "approvals": approvals,
+                          "required": approval.required_approvals, "groups": groups})
+    if outcome is None:
         _announce(approval, "approved_once", by=by)
         return approval
-    if verdict == ApprovalVerdict.DENY:
-        _finish(approval, status=ApprovalStatus.DENIED, by=by, comment=comment, now=now,
-                reason=f"denied by {by.get_username()}" + (f": {comment}" if comment else ""))
-    elif approval.kind == ApprovalKind.BUDGET_INCREASE:
-        _approve_increase(approval, by=by, comment=comment, now=now)
-    else:
-        _approve_action(approval, by=by, comment=comment, now=now)
+    status, reason, reserved = outcome
+    _finish(approval, status=status, by=by, comment=comment, now=now, reason=reason, reserved=reserved)
+    if (approval.kind == ApprovalKind.ACTION and status == ApprovalStatus.APPROVED
+            and not all(_usable_now(approval.action.agent_id, approval.action.key_id))):
+        # The agent's chain head is held now: a suspension or key revocation that committed while this was
+        # decided has written to it first, and this fresh read sees it. Grant nothing: decide again.
+        raise _Superseded
     return approval
 
 
@@ -209,34 +252,55 @@ def _chain_of(agent) -> str:
     return f"agent:{agent.pk}" if agent is not None else "global"
 
 
-def _approve_action(approval: Approval, *, by, comment: str, now) -> None:
-    """Run the budget step now: what was affordable when asked may not be any more."""
-    from agents.models import AgentStatus
+def _approve_action(approval: Approval, *, said: str, now) -> tuple[str, str, int]:
+    """Judge the present before granting: the agent, its key and delegation now, Warden's price now, and the
+    budget step now (what was affordable when asked may not be any more). (status, reason, reserved)."""
+    from agents.models import Delegation
+    from agents.selectors import delegation_state
     from billing import services as billing
+
+    from .gate import clean_request
 
     action = Action.objects.select_for_update(of=("self",), no_key=True).select_related("agent__team").get(
         pk=approval.action_id)
-    said = f"approved by {by.get_username()}" + (f": {comment}" if comment else "")
-    if action.agent.status != AgentStatus.ACTIVE:
-        _finish(approval, status=ApprovalStatus.DENIED, by=by, comment=comment, now=now,
-                reason=f"{said}; but {action.agent.name} is {action.agent.status} now")
-        return
-    reservation = billing.reserve(agent=action.agent, action_id=action.pk, micros=action.estimated_cost_micros,
-                                  at=now, finance_approved=approval.group == FINANCE)
+    active, key_usable = _usable_now(action.agent_id, action.key_id)
+    problem = None
+    if not active:
+        problem = f"{action.agent.name} is {action.agent.status} now"
+    elif not key_usable:
+        problem = "the agent key it asked with is revoked or expired now"
+    elif action.delegation_id:
+        state = delegation_state(Delegation.objects.get(pk=action.delegation_id), at=now)
+        problem = state.problem or (None if action.action in state.scopes
+                                    else f"the delegation no longer lends {action.action}")
+    if problem is None:
+        estimate = billing.estimate_cost(action=action.action, resource=action.resource,
+                                         cleaned=clean_request(action=action.action, resource=action.resource,
+                                                               context=action.context), at=now)
+        problem = estimate.problem
+    if problem:
+        return ApprovalStatus.DENIED, f"{said}; but {problem}", 0
+    micros = max(estimate.micros, action.estimated_cost_micros)
+    reservation = billing.reserve(agent=action.agent, action_id=action.pk, micros=micros, at=now,
+                                  waive=approval.budget_ids)
     if reservation.outcome != ActionOutcome.ALLOWED:
-        _finish(approval, status=ApprovalStatus.DENIED, by=by, comment=comment, now=now,
-                reason=f"{said}; but the budget step at approval refused it: {'; '.join(reservation.reasons)}")
-        return
-    _finish(approval, status=ApprovalStatus.APPROVED, by=by, comment=comment, now=now, reason=said,
-            reserved=reservation.micros)
+        return (ApprovalStatus.DENIED,
+                f"{said}; but the budget step at approval refused it: {'; '.join(reservation.reasons)}", 0)
+    approval.action.estimated_cost_micros = micros
+    return ApprovalStatus.APPROVED, said, reservation.micros
 
 
-def _approve_increase(approval: Approval, *, by, comment: str, now) -> None:
-    from billing.services import budget_update
+def _approve_increase(approval: Approval, *, by, said: str) -> tuple[str, str, int]:
+    from billing.models import Budget
+    from billing.services import budget_update, dollars
 
-    budget_update(budget=approval.budget, by=by, monthly_limit_micros=approval.requested_limit_micros)
-    said = f"approved by {by.get_username()}" + (f": {comment}" if comment else "")
-    _finish(approval, status=ApprovalStatus.APPROVED, by=by, comment=comment, now=now, reason=said)
+    budget = Budget.objects.get(pk=approval.budget_id)
+    if not budget.active:
+        return ApprovalStatus.DENIED, f"{said}; but the budget was switched off meanwhile", 0
+    if budget.monthly_limit_micros >= approval.requested_limit_micros:
+        return ApprovalStatus.APPROVED, f"{said}; the limit was already {dollars(budget.monthly_limit_micros)}", 0
+    budget_update(budget=budget, by=by, monthly_limit_micros=approval.requested_limit_micros)
+    return ApprovalStatus.APPROVED, said, 0
 
 
 def _finish(approval: Approval, *, status: str, by, comment: str, now, reason: str, reserved: int = 0) -> None:
@@ -247,11 +311,14 @@ def _finish(approval: Approval, *, status: str, by, comment: str, now, reason: s
         raise Conflict("This request was decided meanwhile.", code="already_decided")
     approval.status, approval.decided_at, approval.decided_by, approval.note = status, now, by, comment
     if approval.kind == ApprovalKind.ACTION:
-        outcome = ActionOutcome.ALLOWED if status == ApprovalStatus.APPROVED else ActionOutcome.DENIED
+        allowed = status == ApprovalStatus.APPROVED
         action = approval.action
-        action.outcome, action.reserved_micros = outcome, reserved
-        action.reasons = [*action.reasons, reason]
-        Action.objects.filter(pk=action.pk).update(outcome=outcome, reserved_micros=reserved, reasons=action.reasons)
+        action.outcome = ActionOutcome.ALLOWED if allowed else ActionOutcome.DENIED
+        action.reserved_micros, action.reasons = reserved, [*action.reasons, reason]
+        action.allowed_at = now if allowed else None
+        Action.objects.filter(pk=action.pk).update(outcome=action.outcome, reserved_micros=reserved,
+                                                   reasons=action.reasons, allowed_at=action.allowed_at,
+                                                   estimated_cost_micros=action.estimated_cost_micros)
     audit_record(action=f"approval.{status}", actor=by, agent=_subject(approval), resource=f"approval:{approval.pk}",
                  outcome=status, reasons=[reason],
                  payload={"approval_id": str(approval.pk), "kind": approval.kind, "reserved_micros": reserved,
@@ -304,10 +371,12 @@ def approvals_remind(*, now: dt.datetime | None = None) -> int:
     from .approval_notices import deliver_on_commit
 
     now = now or timezone.now()
-    soon = now + dt.timedelta(minutes=settings.WARDEN_APPROVAL_REMINDER_MINUTES)
+    window = dt.timedelta(minutes=settings.WARDEN_APPROVAL_REMINDER_MINUTES)
     reminded = 0
-    for approval_id in Approval.objects.filter(status=ApprovalStatus.PENDING, reminded_at__isnull=True,
-                                               expires_at__gt=now, expires_at__lte=soon).values_list("pk", flat=True):
+    # Requests that wait less than the window got their first notice recently enough: no reminder.
+    due = Approval.objects.filter(status=ApprovalStatus.PENDING, reminded_at__isnull=True, expires_at__gt=now,
+                                  expires_at__lte=now + window).filter(expires_at__gt=F("created_at") + window * 2)
+    for approval_id in due.values_list("pk", flat=True):
         with transaction.atomic():
             if Approval.objects.filter(pk=approval_id, reminded_at__isnull=True).update(reminded_at=now) == 1:
                 deliver_on_commit(approval_id, "reminder")

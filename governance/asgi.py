@@ -115,7 +115,7 @@ class AwaitDecision:
             if channel is not None and answer.pending:
                 try:
                     await asyncio.wait_for(layer.receive(channel), timeout=wait)
-                except asyncio.TimeoutError:
+                except Exception:  # the time is up, or Redis went away: PostgreSQL has the answer either way
                     pass
                 answer = await self._read(scope)
         finally:

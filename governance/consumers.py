@@ -33,18 +33,34 @@ class ApprovalQueueConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         await self.channel_layer.group_discard(QUEUE_GROUP, self.channel_name)
 
+    revoked = False
+
     async def approvals_changed(self, message):
         html = await database_sync_to_async(self._render)(message)
+        if self.revoked:
+            await self.close(code=4403)
+            return
         if html is None:
             return  # another group's request: nothing of it reaches this page
         await self.send_json({"id": message["id"], "event": message["event"], "by": message["by"], "html": html})
 
     def _render(self, message) -> str | None:
-        """The row as this person sees it; None when it is not theirs to see, "" for a new one outside the filter
-        (the page refreshes its count for it)."""
+        """The row as this person sees it now; None when it is not theirs to see, "" for a new one outside the
+        filter (the page refreshes its count for it). The person is read again for every message: whoever
+        signed out, was switched off or left the group since the page opened stops receiving at once."""
+        from django.contrib.auth import get_user_model
+        from django.contrib.sessions.models import Session
+        from django.utils import timezone
+
         from .views import approval_rows
 
-        user = self.scope["user"]
+        session = self.scope.get("session")
+        user = get_user_model().objects.filter(pk=getattr(self.scope["user"], "pk", None), is_active=True).first()
+        live = session is not None and Session.objects.filter(session_key=session.session_key,
+                                                              expire_date__gt=timezone.now()).exists()
+        if user is None or not live or not can(user, "approval.view"):
+            self.revoked = True
+            return None
         visible = approval_list(user=user).filter(pk=message["id"])
         approval = visible.first()
         if approval is None:

@@ -29,7 +29,7 @@ class ApprovalFilter(forms.Form):
         elif data.get("status"):
             approvals = approvals.filter(status=data["status"])
         if data.get("group"):
-            approvals = approvals.filter(group=data["group"])
+            approvals = approvals.filter(groups__contains=[data["group"]])
         if data.get("agent"):
             name = data["agent"]
             approvals = approvals.filter(Q(action__agent__name=name) | Q(requested_by_agent__name=name)

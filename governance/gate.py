@@ -41,7 +41,7 @@ from .approvals import approval_open
 from .models import Action, ActionOutcome, ActionStatus, DataView
 from .payloads import check_json, clean_usage, text_problem
 from .policy_engine import ACTION_RESOURCE, Request
-from .selectors import agent_roles, live_roles, policy_set_for
+from .selectors import KEY_LIVE, agent_roles, live_roles, policy_set_for, usable_now
 from .telemetry import tracer
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Judgement:
     observed: dict | None = None
     approvals: int = 1  # a pending approval: distinct approvers needed
     expires_in: int | None = None  # a pending approval: seconds it may wait (None: the default)
+    over_budget_ids: tuple = ()  # a budget's escalation: the budgets it would exceed
 
 
 def _int(context: dict, name: str, *, required: bool, maximum: int) -> int:
@@ -223,10 +224,6 @@ def _snapshot_sql() -> str:
                                open_periods=billing.open_periods("a.team_id", "a.id", "%s"), key_live=KEY_LIVE)
 
 
-# An agent key can be used now: unrevoked, unexpired (the database's clock, like the rest of the decision).
-KEY_LIVE = "(k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()))"
-
-
 def _snapshot(agent_id, month: dt.date, key_id) -> Snapshot:
     with connection.cursor() as cursor:
         cursor.execute(_snapshot_sql(), [month, key_id, agent_id])
@@ -259,17 +256,6 @@ def _identity_problem(*, name: str, status: str, status_reason: str, key_usable:
 
 class _Superseded(Exception):
     """The agent's status or key changed while this decision was being made: judge again."""
-
-
-def _usable_now(agent_id, key_id) -> tuple[bool, bool]:
-    """(the agent is active, its key, if any, is usable) as of now: a fresh read, after the snapshot."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"""
-            SELECT a.status = 'active', %s::uuid IS NULL OR coalesce((SELECT {KEY_LIVE} AND k.agent_id = a.id
-                                                                  FROM agents_agentkey k WHERE k.id = %s), false)
-            FROM agents_agent a WHERE a.id = %s
-        """, [key_id, key_id, agent_id])
-        return cursor.fetchone()
 
 
 def request_action(
@@ -329,7 +315,7 @@ def _replay(existing: Action, request: dict) -> Action:
     agent = Agent.objects.filter(pk=existing.agent_id).values_list("name", "status", "status_reason").first()
     now = timezone.now()
     key = request["key"]
-    _, key_usable = _usable_now(existing.agent_id, key.pk if key is not None else None)
+    _, key_usable = usable_now(existing.agent_id, key.pk if key is not None else None)
     problem = _identity_problem(name=agent[0], status=agent[1], status_reason=agent[2], key_usable=key_usable)
     if problem is None and existing.delegation_id is not None:
         problem = delegation_state(Delegation.objects.get(pk=existing.delegation_id), at=now).problem
@@ -430,20 +416,20 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
             logger.exception("policy evaluation failed")
             judgement = _deny(f"policy evaluation error: {type(exc).__name__}")
 
-    # 4. Budget: reserve at every covering budget, or at none.
+    # 4. Budget: reserve at every covering budget, or at none. Nothing unpriced waits for a person either.
     reserved = 0
+    if judgement.outcome in (ActionOutcome.ALLOWED, ActionOutcome.PENDING_APPROVAL) and estimate.problem:
+        judgement = _deny(estimate.problem)
     if judgement.outcome == ActionOutcome.ALLOWED:
-        if estimate.problem:
-            judgement = _deny(estimate.problem)
+        reservation = billing.reserve(agent=agent, action_id=action_id, micros=estimate.micros, at=now,
+                                      covering=me.budgets, open_=me.open_periods)
+        if reservation.outcome != ActionOutcome.ALLOWED:
+            judgement = Judgement(reservation.outcome, reservation.reasons, judgement.policies,
+                                  reservation.escalate_to, judgement.observed, reservation.approvals,
+                                  reservation.expires_hours * 3600 if reservation.expires_hours else None,
+                                  tuple(reservation.over_budget_ids))
         else:
-            reservation = billing.reserve(agent=agent, action_id=action_id, micros=estimate.micros, at=now,
-                                          covering=me.budgets, open_=me.open_periods)
-            if reservation.outcome != ActionOutcome.ALLOWED:
-                judgement = Judgement(reservation.outcome, reservation.reasons, judgement.policies,
-                                      reservation.escalate_to, judgement.observed, reservation.approvals,
-                                      reservation.expires_hours * 3600 if reservation.expires_hours else None)
-            else:
-                reserved = reservation.micros
+            reserved = reservation.micros
     reasons = [*judgement.reasons, *notes]
 
     fields = {
@@ -453,15 +439,17 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
         "idempotency_key": idempotency_key or None, "request_digest": digest, "outcome": judgement.outcome,
         "reasons": reasons, "policy_ids": judgement.policies, "observed": judgement.observed,
         "policy_version": policy_version, "delegation_chain": chain, "estimated_cost_micros": estimate.micros,
-        "reserved_micros": reserved, "status": ActionStatus.DECIDED, "usage": None, "actual_cost_micros": None,
+        "reserved_micros": reserved, "allowed_at": now if judgement.outcome == ActionOutcome.ALLOWED else None,
+        "status": ActionStatus.DECIDED, "usage": None, "actual_cost_micros": None,
         "correlation_id": current_correlation_id(), "created_at": now, "completed_at": None,
     }
     sql.insert("governance_action", fields, json_fields=ACTION_JSON_FIELDS)
     record = sql.as_saved(Action, fields)
     record.agent = agent
     if judgement.outcome == ActionOutcome.PENDING_APPROVAL:
-        approval_open(action=record, group=judgement.escalate_to[0] if judgement.escalate_to else "admin",
-                      reasons=judgement.reasons, approvals=judgement.approvals, expires_in=judgement.expires_in, now=now)
+        approval_open(action=record, groups=judgement.escalate_to or ["admin"], reasons=judgement.reasons,
+                      approvals=judgement.approvals, expires_in=judgement.expires_in,
+                      budget_ids=judgement.over_budget_ids, now=now)
     # Before the audit event: the agent row, then its chain head, as a suspension takes them.
     if me.last_seen_at is None or me.last_seen_at < now - dt.timedelta(seconds=30):
         Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)
@@ -485,7 +473,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     )
     # The chain head is held now; a suspension or key revocation that committed while this decision was
     # made has written to it first, so a fresh read sees it. Allow nothing on a withdrawn identity.
-    if judgement.outcome != ActionOutcome.DENIED and not all(_usable_now(agent.pk, key.pk if key is not None else None)):
+    if judgement.outcome != ActionOutcome.DENIED and not all(usable_now(agent.pk, key.pk if key is not None else None)):
         raise _Superseded
     return record
 
@@ -617,7 +605,7 @@ def actions_expire(*, older_than: dt.timedelta | None = None, batches: int = 20)
     note = f"not completed within {int(older_than.total_seconds())} s; "
     expired = 0
     for _ in range(batches):
-        done = _close(where="created_at < %s", params=[cutoff], status=ActionStatus.EXPIRED, skip_locked=True,
+        done = _close(where="allowed_at < %s", params=[cutoff], status=ActionStatus.EXPIRED, skip_locked=True,
                       limit=SWEEP_BATCH, event="budget.reservation.expire",
                       reason=lambda item: note + f"{billing.dollars(item.reserved_micros)} released")
         expired += done

@@ -172,6 +172,8 @@ class Action(models.Model):
     delegation_chain = models.JSONField(default=list)
     estimated_cost_micros = models.BigIntegerField(default=0)
     reserved_micros = models.BigIntegerField(default=0)
+    # When it became allowed (at the gate, or when its approval was decided): the sweep's clock starts here.
+    allowed_at = models.DateTimeField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=ActionStatus.choices, default=ActionStatus.DECIDED)
     usage = models.JSONField(null=True, blank=True)
     actual_cost_micros = models.BigIntegerField(null=True, blank=True)
@@ -192,7 +194,7 @@ class Action(models.Model):
             models.Index(fields=["agent", "-created_at"]),
             models.Index(fields=["-created_at"]),
             # What the sweep and the kill switch look for: allowed and not completed, a small set.
-            models.Index(fields=["created_at"], condition=Q(outcome="allowed", status="decided"),
+            models.Index(fields=["allowed_at"], condition=Q(outcome="allowed", status="decided"),
                          name="action_open_allowed_idx"),
         ]
 
@@ -229,8 +231,12 @@ class Approval(models.Model):
     requested_by_agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, null=True, blank=True,
                                            related_name="+")
     purpose = models.CharField(max_length=1000, blank=True)  # what the asker says it is for: a claim
-    group = models.CharField(max_length=32)
+    group = models.CharField(max_length=32)  # the first of `groups`, for lists and messages
+    # Every group that must approve (each escalating policy's); one approver of each, distinct people.
+    groups = ArrayField(models.CharField(max_length=32), default=list)
     required_approvals = models.PositiveSmallIntegerField(default=1)
+    # Budgets (escalating when exceeded) whose limit this request asks to go past: the only ones an approval waives.
+    budget_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
     status = models.CharField(max_length=16, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING)
     reasons = models.JSONField(default=list)
     created_at = models.DateTimeField(default=timezone.now)
@@ -252,7 +258,12 @@ class Approval(models.Model):
                 | (Q(kind="budget_increase") & Q(budget__isnull=False) & Q(requested_limit_micros__isnull=False)),
                 name="approval_names_what_it_decides",
             ),
-            models.CheckConstraint(condition=Q(required_approvals__in=[1, 2]), name="approval_one_or_two_approvers"),
+            models.CheckConstraint(condition=Q(required_approvals__gte=1) & Q(required_approvals__lte=4),
+                                   name="approval_approver_count"),
+            # One open increase request per asker and budget, even when two arrive at once.
+            models.UniqueConstraint(fields=["budget", "requested_by", "requested_by_agent"],
+                                    condition=Q(kind="budget_increase", status="pending"), nulls_distinct=False,
+                                    name="one_pending_increase_per_asker"),
         ]
 
 
@@ -266,6 +277,7 @@ class ApprovalDecision(models.Model):
 
     approval = models.ForeignKey(Approval, on_delete=models.PROTECT, related_name="decisions")
     decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    group = models.CharField(max_length=32)  # the group this person decided for
     verdict = models.CharField(max_length=8, choices=ApprovalVerdict.choices)
     comment = models.CharField(max_length=2000, blank=True)
     decided_at = models.DateTimeField()

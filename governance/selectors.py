@@ -47,6 +47,23 @@ def live_roles(grants, *, at: dt.datetime) -> LiveRoles:
     return LiveRoles(frozenset(names), frozenset(scopes), tuple(sorted(expired)))
 
 
+# An agent key can be used now: unrevoked, unexpired (the database's clock, like the rest of a decision).
+KEY_LIVE = "(k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()))"
+
+
+def usable_now(agent_id, key_id) -> tuple[bool, bool]:
+    """(the agent is active, its key, if any, is usable) as of now: a fresh read, not a snapshot's."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            SELECT a.status = 'active', %s::uuid IS NULL OR coalesce((SELECT {KEY_LIVE} AND k.agent_id = a.id
+                                                                  FROM agents_agentkey k WHERE k.id = %s), false)
+            FROM agents_agent a WHERE a.id = %s
+        """, [key_id, key_id, agent_id])
+        return cursor.fetchone()
+
+
 def live_grant_filter(at: dt.datetime) -> Q:
     """`live_roles`' rule as a filter on RoleGrant: unrevoked and unexpired at `at`."""
     return Q(revoked_at__isnull=True) & (Q(expires_at__isnull=True) | Q(expires_at__gt=at))
@@ -106,7 +123,7 @@ def approval_list(*, user) -> QuerySet[Approval]:
         "requested_by_agent", "decided_by")
     if user.is_superuser or ADMIN in user_groups(user):
         return approvals
-    return approvals.filter(group__in=user_groups(user))
+    return approvals.filter(groups__overlap=list(user_groups(user)))
 
 
 def approval_get(*, user, approval_id) -> Approval:
@@ -124,7 +141,7 @@ def approval_pending_count(*, user) -> int:
     if not can(user, "approval.view"):
         return 0
     groups = set(user_groups(user)) | ({"admin", "finance", "security"} if user.is_superuser else set())
-    return Approval.objects.filter(status="pending", group__in=groups).count()
+    return Approval.objects.filter(status="pending", groups__overlap=list(groups)).count()
 
 
 @dataclass
@@ -138,6 +155,7 @@ class ApprovalContext:
     spend_this_month: int
     denials_this_week: int
     decisions: list
+    recent_actions: list  # the agent's last few requests, newest first
 
 
 def approval_context(*, approval: Approval, now: dt.datetime | None = None) -> ApprovalContext:
@@ -154,8 +172,9 @@ def approval_context(*, approval: Approval, now: dt.datetime | None = None) -> A
         budgets = covering_lines(agent=agent, month=month)
         spend = agent_spend(agent_id=agent.pk, month=month)
         denials = Action.objects.filter(agent=agent, outcome="denied", created_at__gte=now - dt.timedelta(days=7)).count()
+        recent = list(Action.objects.filter(agent=agent).exclude(pk=approval.action_id).order_by("-created_at")[:8])
     else:
-        budgets, spend, denials = [], 0, 0
+        budgets, spend, denials, recent = [], 0, 0, []
     if approval.budget_id and not any(line.budget.pk == approval.budget_id for line in budgets):
         from billing.selectors import BudgetLine
         from billing.models import BudgetPeriod
@@ -166,12 +185,13 @@ def approval_context(*, approval: Approval, now: dt.datetime | None = None) -> A
     view = DataView.objects.filter(name=action.resource).first() if action and action.action == "data.read" else None
     decisions = list(approval.decisions.select_related("decided_by"))
     return ApprovalContext(approval=approval, agent=agent, budgets=budgets, data_view=view, spend_this_month=spend,
-                           denials_this_week=denials, decisions=decisions)
+                           denials_this_week=denials, decisions=decisions, recent_actions=recent)
 
 
 def approval_may_decide(*, user, approval: Approval) -> bool:
-    """Only the group an approval is routed to decides it."""
-    return can(user, "approval.decide") and (user.is_superuser or approval.group in user_groups(user))
+    """Only the groups an approval is routed to decide it."""
+    groups = set(approval.groups or [approval.group])
+    return can(user, "approval.decide") and (user.is_superuser or bool(groups & user_groups(user)))
 
 
 # --- data views -------------------------------------------------------------------------------------

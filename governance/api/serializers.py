@@ -222,6 +222,7 @@ class ActionWaitInput(serializers.Serializer):
 
 class DecisionOutput(serializers.Serializer):
     decided_by = serializers.CharField(source="decided_by.username")
+    group = serializers.CharField()
     verdict = serializers.CharField()
     comment = serializers.CharField()
     decided_at = serializers.DateTimeField()
@@ -242,6 +243,7 @@ class ApprovalDetailOutput(serializers.Serializer):
     kind = serializers.CharField(source="approval.kind")
     status = serializers.CharField(source="approval.status")
     group = serializers.CharField(source="approval.group")
+    groups = serializers.ListField(child=serializers.CharField(), source="approval.groups")
     required_approvals = serializers.IntegerField(source="approval.required_approvals")
     reasons = serializers.ListField(child=serializers.CharField(), source="approval.reasons")
     purpose = serializers.CharField(source="approval.purpose", help_text="what the asker says it is for (a claim)")
@@ -302,3 +304,53 @@ class DecideInput(serializers.Serializer):
 class IncreaseRequestInput(serializers.Serializer):
     monthly_limit_micros = StrictMicros(help_text="the monthly limit asked for, in micro-dollars")
     reason = serializers.CharField(max_length=1000, help_text="why: finance reads it before deciding")
+
+
+class IncreaseRequestOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    group = serializers.CharField()
+    requested_limit_micros = serializers.IntegerField()
+    required_approvals = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+
+
+class ApprovalSummaryOutput(serializers.Serializer):
+    """A queue entry: what is asked, by whom, where it stands (GET /api/v1/approvals/{id}/ has the rest)."""
+
+    id = serializers.UUIDField()
+    kind = serializers.CharField()
+    status = serializers.CharField()
+    group = serializers.CharField()
+    groups = serializers.ListField(child=serializers.CharField())
+    required_approvals = serializers.IntegerField()
+    reasons = serializers.ListField(child=serializers.CharField())
+    purpose = serializers.CharField()
+    agent = serializers.SerializerMethodField()
+    action = serializers.SerializerMethodField()
+    budget_increase = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    decided_at = serializers.DateTimeField()
+    decided_by = serializers.CharField(source="decided_by.username", default=None)
+    note = serializers.CharField()
+
+    def get_agent(self, approval) -> str | None:
+        agent = approval.action.agent if approval.action_id else approval.requested_by_agent
+        return agent.name if agent is not None else None
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_action(self, approval) -> dict | None:
+        if not approval.action_id:
+            return None
+        action = approval.action
+        return {"id": str(action.pk), "action": action.action, "resource": action.resource,
+                "estimated_cost_micros": action.estimated_cost_micros, "outcome": action.outcome}
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_budget_increase(self, approval) -> dict | None:
+        if not approval.budget_id:
+            return None
+        return {"budget_id": approval.budget_id, "target": approval.budget.label,
+                "requested_limit_micros": approval.requested_limit_micros}

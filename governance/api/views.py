@@ -319,7 +319,7 @@ class ApprovalListView(CapabilityView):
     capabilities = {"GET": "approval.view"}
 
     @extend_schema(parameters=[OpenApiParameter(name, str) for name in ApprovalFilter.base_fields],
-                   responses=s.ApprovalDetailOutput(many=True))
+                   responses=s.ApprovalSummaryOutput(many=True))
     def get(self, request):
         query = {key: value for key, value in request.query_params.items() if key not in ("limit", "offset")}
         filters = ApprovalFilter(query)
@@ -329,8 +329,7 @@ class ApprovalListView(CapabilityView):
         approvals = filters.filter(approval_list(user=request.user))
         paginator = Pagination()
         page = paginator.paginate_queryset(approvals, request, view=self)
-        return paginator.get_paginated_response(
-            s.ApprovalDetailOutput([approval_context(approval=approval) for approval in page], many=True).data)
+        return paginator.get_paginated_response(s.ApprovalSummaryOutput(page, many=True).data)
 
 
 class ApprovalDetailView(CapabilityView):
@@ -358,7 +357,7 @@ class BudgetIncreaseRequestView(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(request=s.IncreaseRequestInput, responses={201: s.ApprovalDetailOutput})
+    @extend_schema(request=s.IncreaseRequestInput, responses={201: s.IncreaseRequestOutput})
     def post(self, request, budget_id):
         from billing.models import Budget
 
@@ -368,7 +367,10 @@ class BudgetIncreaseRequestView(APIView):
         data = valid(s.IncreaseRequestInput, request.data)
         principal = request.user
         asker = {"by_agent": principal.agent} if isinstance(principal, AgentPrincipal) else {"by_user": principal}
-        approval = approvals.budget_increase_request(budget=budget, requested_limit_micros=data["monthly_limit_micros"],
-                                                     reason=data["reason"], **asker)
-        return Response(s.ApprovalDetailOutput(approval_context(approval=approval)).data,
-                        status=status.HTTP_201_CREATED)
+        try:
+            approval = approvals.budget_increase_request(
+                budget=budget, requested_limit_micros=data["monthly_limit_micros"], reason=data["reason"], **asker)
+        except Budget.DoesNotExist:
+            raise Http404("No such budget.") from None
+        # What was asked and where it stands: nothing of the budget's figures or the deciders' view.
+        return Response(s.IncreaseRequestOutput(approval).data, status=status.HTTP_201_CREATED)

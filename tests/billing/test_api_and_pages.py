@@ -130,3 +130,20 @@ def test_only_finance_changes_money(client_for, team, persona):
     assert client.post("/budgets/", {"scope": "organisation", "monthly_limit": "1", "on_exceed": "deny"}).status_code == 403
     assert client.post("/budgets/prices/", {"kind": "model", "name": "x"}).status_code == 403
     assert not Budget.objects.exists() and not Price.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_budgets_are_changed_outside_any_enclosing_transaction(api_for, client_for, personas, team):
+    """As in production (no test transaction around the request): the service brings its own."""
+    from billing.services import budget_create
+
+    budget = budget_create(scope="team", team=team, monthly_limit_micros=1_000_000, by=personas["finance"])
+    response = api_for("finance").patch(f"/api/v1/budgets/{budget.pk}/", {"monthly_limit_micros": 2_000_000,
+                                                                          "approvals_required": 2}, format="json")
+    assert response.status_code == 200 and response.json()["approvals_required"] == 2
+    page = client_for("finance").post(f"/budgets/{budget.pk}/edit/", {"monthly_limit": "3", "thresholds": "50",
+                                                                 "on_exceed": "escalate", "approvals_required": "1",
+                                                                 "approval_ttl_hours": "6", "active": "on"})
+    assert page.status_code == 302
+    budget.refresh_from_db()
+    assert (budget.monthly_limit_micros, budget.approvals_required, budget.approval_ttl_hours) == (3_000_000, 1, 6)

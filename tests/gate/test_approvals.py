@@ -317,7 +317,7 @@ def test_an_agent_asks_for_more_budget_and_finance_raises_it_at_once(make_agent,
     other = budget_create(scope="agent", agent=make_agent("other"), monthly_limit_micros=1_000, by=personas["finance"])
     refused = client.post(f"/api/v1/budgets/{other.pk}/increase-requests/",
                           {"monthly_limit_micros": 2_000, "reason": "more"}, format="json")
-    assert refused.status_code == 403  # a budget that does not cover it
+    assert refused.status_code == 404  # a budget that does not cover it is none of its business
     assert client.post(f"/api/v1/budgets/{team_budget.pk}/increase-requests/",
                        {"monthly_limit_micros": 500, "reason": "less?"}, format="json").status_code == 400
     assert client.post(f"/api/v1/budgets/{team_budget.pk}/increase-requests/",
@@ -326,7 +326,11 @@ def test_an_agent_asks_for_more_budget_and_finance_raises_it_at_once(make_agent,
                         {"monthly_limit_micros": 3_000_000, "reason": "month-end reports"}, format="json")
     assert asked.status_code == 201, asked.json()
     detail = asked.json()
-    assert detail["group"] == "finance" and detail["budget_increase"]["requested_by"] == "agent:saver"
+    assert set(detail) == {"id", "status", "group", "requested_limit_micros", "required_approvals", "created_at",
+                           "expires_at"}  # where it stands: nothing of the budgets' figures
+    assert detail["group"] == "finance" and detail["requested_limit_micros"] == 3_000_000
+    assert api_for("finance").get(f"/api/v1/approvals/{detail['id']}/").json()["budget_increase"]["requested_by"] == \
+        "agent:saver"
     assert client.post(f"/api/v1/budgets/{team_budget.pk}/increase-requests/",
                        {"monthly_limit_micros": 4_000_000, "reason": "again"}, format="json").status_code == 409
     approved = api_for("finance").post(f"/api/v1/approvals/{detail['id']}/approve/", {"comment": "fine"}, format="json")
@@ -350,3 +354,107 @@ def test_an_owner_asks_in_person_and_may_not_approve_it(make_agent, api_for, per
     personas["admin"].groups.add(Group.objects.get(name="finance"))
     refused = api_as(personas["admin"]).post(f"/api/v1/approvals/{asked['id']}/approve/", {}, format="json")
     assert refused.status_code == 403 and "you asked for this increase" in refused.json()["detail"]
+
+
+def test_an_approved_action_keeps_its_reservation_for_the_full_timeout(bot, escalating, api_for, personas):
+    from billing.services import budget_create
+    from governance.gate import actions_expire
+
+    team_budget = budget_create(scope="team", team=bot.agent.team, monthly_limit_micros=1_000_000, by=personas["finance"])
+    body = pending(bot)
+    Action.objects.filter(pk=body["id"]).update(created_at=timezone.now() - dt.timedelta(minutes=40))  # waited long
+    api_for("finance").post(f"/api/v1/approvals/{body['approval']['id']}/approve/", {}, format="json")
+    assert actions_expire() == 0  # its 15 minutes start at the approval, not at the request
+    assert Action.objects.get(pk=body["id"]).status == "decided"
+    assert BudgetPeriod.objects.get(budget=team_budget).reserved_micros == 12_500
+
+
+def test_nothing_unpriced_waits_for_a_person(bot, policy, personas):
+    policy("all", PERMIT_ALL)
+    policy("held", '@escalate("admin")\nforbid(principal, action, resource == Tool::"ocr");')
+    from agents.services import agent_update
+
+    agent_update(agent=bot.agent, by=personas["admin"], allowed_tools=["search", "ocr"])
+    body = ask(bot, "tool.call", "ocr", {}).json()
+    assert body["outcome"] == "denied" and "tool ocr has no price" in body["reasons"][0]
+    assert not Approval.objects.exists()
+
+
+def test_an_approval_waives_only_the_budget_it_was_asked_about(bot, policy, api_for, personas, second):
+    from billing.services import budget_create
+
+    policy("all", PERMIT_ALL)
+    policy("fin", '@escalate("finance")\nforbid(principal, action, resource == Model::"gpt-4o");')
+    # The team budget escalates when exceeded and wants two approvers; it is already too small for this call.
+    budget_create(scope="team", team=bot.agent.team, monthly_limit_micros=10_000, on_exceed="escalate",
+                  by=personas["finance"])
+    Budget.objects.filter(scope="team").update(approvals_required=2)
+    body = pending(bot)  # held by the policy first: the budget was never asked
+    approval = Approval.objects.get(pk=body["approval"]["id"])
+    assert approval.budget_ids == [] and approval.required_approvals == 1
+    response = api_for("finance").post(f"/api/v1/approvals/{approval.pk}/approve/", {}, format="json").json()
+    assert response["status"] == "denied"  # the policy's approver did not waive a budget nobody asked about
+    assert "budget team research would be exceeded" in Action.objects.get(pk=body["id"]).reasons[-1]
+
+
+def test_a_budget_escalation_needs_the_budgets_approvers(bot, policy, api_for, personas, second):
+    from billing.services import budget_create
+
+    policy("all", PERMIT_ALL)
+    team_budget = budget_create(scope="team", team=bot.agent.team, monthly_limit_micros=10_000, on_exceed="escalate",
+                                by=personas["finance"])
+    Budget.objects.filter(pk=team_budget.pk).update(approvals_required=2, approval_ttl_hours=2)
+    body = pending(bot)
+    approval = Approval.objects.get(pk=body["approval"]["id"])
+    assert (approval.budget_ids, approval.required_approvals) == ([team_budget.pk], 2)
+    assert approval.expires_at - approval.created_at == dt.timedelta(hours=2)
+    assert api_for("finance").post(f"/api/v1/approvals/{approval.pk}/approve/", {}, format="json").json()["status"] == "pending"
+    assert api_as(second["finance"]).post(f"/api/v1/approvals/{approval.pk}/approve/", {}, format="json").json()["status"] == "approved"
+
+
+def test_every_group_an_escalation_names_must_approve(bot, policy, api_for, personas):
+    from django.contrib.auth.models import Group
+
+    policy("all", PERMIT_ALL)
+    policy("sec", '@escalate("security")\nforbid(principal, action, resource == Model::"gpt-4o");')
+    policy("fin", '@escalate("finance")\nforbid(principal, action, resource == Model::"gpt-4o");')
+    body = pending(bot)
+    approval = Approval.objects.get(pk=body["approval"]["id"])
+    assert sorted(approval.groups) == ["finance", "security"] and approval.required_approvals == 2
+    both = make_user("both-hats", "finance")
+    both.groups.add(Group.objects.get(name="security"))
+    assert api_as(both).post(f"/api/v1/approvals/{approval.pk}/approve/", {}, format="json").json()["status"] == "pending"
+    again = api_as(both).post(f"/api/v1/approvals/{approval.pk}/approve/", {}, format="json")
+    assert again.status_code == 409  # one person cannot be both groups' approver
+    assert api_for("security").post(f"/api/v1/approvals/{approval.pk}/approve/", {}, format="json").json()["status"] == "approved"
+    assert [d.group for d in approval.decisions.order_by("id")] == ["finance", "security"]
+
+
+def test_the_owner_of_an_agent_in_the_delegation_chain_may_not_approve(make_agent, agent_client, policy, prices,
+                                                                       api_for, personas, second):
+    from agents.services import delegation_create
+    from governance.models import Role
+
+    Role.objects.create(name="lender", scopes=["llm.call", "agent.delegate"])
+    policy("all", PERMIT_ALL)
+    policy("admin-decides", '@escalate("admin")\nforbid(principal, action, resource == Model::"gpt-4o");')
+    lender = make_agent("lender", role_names=["lender"])  # owned by admin-user
+    borrower = make_agent("borrower", role_names=[], allowed_models=["gpt-4o"])
+    borrower.owner = second["admin"]
+    borrower.save()
+    delegation = delegation_create(delegate=borrower, by_agent=lender, scopes=["llm.call"],
+                                   expires_at=timezone.now() + dt.timedelta(hours=1))
+    body = ask(agent_client(borrower), resource="gpt-4o", context=PRICEY, on_behalf_of=str(delegation.pk)).json()
+    refused = api_for("admin").post(f"/api/v1/approvals/{body['approval']['id']}/approve/", {}, format="json")
+    assert refused.status_code == 403 and "you own lender, in borrower's delegation chain" in refused.json()["detail"]
+
+
+def test_a_revoked_key_or_delegation_at_approval_time_denies(bot, escalating, api_for, personas):
+    from agents.models import AgentKey
+    from agents.services import agent_key_revoke
+
+    body = pending(bot)
+    agent_key_revoke(key=AgentKey.objects.get(agent=bot.agent), by=personas["admin"], reason="leaked")
+    response = api_for("finance").post(f"/api/v1/approvals/{body['approval']['id']}/approve/", {}, format="json")
+    assert response.json()["status"] == "denied"
+    assert "key it asked with is revoked" in Action.objects.get(pk=body["id"]).reasons[-1]

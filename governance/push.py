@@ -1,0 +1,50 @@
+"""Messages to live pages and waiting agents, sent after commit from a daemon thread.
+
+A request or a task only puts the message on an in-process queue after its
+transaction commits (nothing for a rollback), which costs it nothing; one
+daemon thread with its own event loop sends them on the channel layer. If
+Redis is slow or gone, no request thread waits for it: the message is lost,
+and pages and waiting agents catch up from PostgreSQL (a page on reconnect,
+an agent when its wait ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+_queue: "queue.SimpleQueue[tuple[str, dict]]" = queue.SimpleQueue()
+_thread: threading.Thread | None = None
+_lock = threading.Lock()
+
+
+def push_on_commit(group: str, message: dict) -> None:
+    transaction.on_commit(lambda: _enqueue(group, message))
+
+
+def _enqueue(group: str, message: dict) -> None:
+    global _thread
+    if _thread is None or not _thread.is_alive():
+        with _lock:
+            if _thread is None or not _thread.is_alive():
+                _thread = threading.Thread(target=_run, name="warden-push", daemon=True)
+                _thread.start()
+    _queue.put((group, message))
+
+
+def _run() -> None:
+    loop = asyncio.new_event_loop()
+    layer = get_channel_layer()
+    while True:
+        group, message = _queue.get()
+        try:
+            loop.run_until_complete(asyncio.wait_for(layer.group_send(group, message), timeout=5))
+        except Exception:  # Redis slow or down: the pages and agents catch up from PostgreSQL
+            logger.warning("live push to %s failed", group, exc_info=True)
