@@ -148,14 +148,4 @@ class Migration(migrations.Migration):
             model_name='approvaldecision',
             constraint=models.UniqueConstraint(fields=('approval', 'decided_by'), name='one_verdict_per_person'),
         ),
-        # What existed before: requests wait a day from when they were made and name their one group;
-        # an allowed action's sweep clock starts when it was allowed, at the gate.
-        migrations.RunSQL(
-            """
-            UPDATE governance_approval SET expires_at = created_at + interval '24 hours' WHERE expires_at IS NULL;
-            UPDATE governance_approval SET groups = ARRAY["group"] WHERE groups = '{}';
-            UPDATE governance_action SET allowed_at = created_at WHERE outcome = 'allowed' AND allowed_at IS NULL;
-            """,
-            migrations.RunSQL.noop,
-        ),
     ]
