@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
@@ -10,6 +13,15 @@ from audit.models import AuditEvent
 from tests.conftest import PASSWORD
 
 BAD = "wdn_agent_AAAAAAAA_" + "B" * 40
+
+
+@pytest.fixture(autouse=True)
+def one_window(monkeypatch):
+    """Counters are fixed windows: hold the clock inside one, or a run that crosses a minute starts afresh."""
+    from governance.api.throttles import _Counted
+
+    start = (time.time() // 60) * 60 + 1
+    monkeypatch.setattr(_Counted, "timer", lambda self: start)
 
 
 def client(address="127.0.0.1", **headers) -> APIClient:
