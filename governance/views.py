@@ -114,6 +114,8 @@ def approval_list(request):
 @require("approval.view")
 def approval_detail(request, approval_id):
     approval = selectors.approval_get(user=request.user, approval_id=approval_id)
+    if request.htmx and request.GET.get("part") == "decision":
+        return _decision_panel(request, approval)  # the page refreshing itself after a live event
     return render(request, "governance/approval_detail.html", {
         "context": selectors.approval_context(approval=approval),
         "refusal": may_decide(user=request.user, approval=approval),
@@ -149,12 +151,19 @@ def approval_decide(request, approval_id, verdict):
         row = approval_rows(request.user, [approval])[0]
         response = render(request, "governance/approval_list.html#row", {"row": row, "error": error})
     else:
-        context = {"context": selectors.approval_context(approval=approval), "error": error,
-                   "refusal": may_decide(user=request.user, approval=approval)}
-        response = render(request, "governance/approval_detail.html#decision", context)
-        response.write(render_to_string("governance/approval_detail.html#status", context, request=request))
+        response = _decision_panel(request, approval, error=error)
     response["HX-Trigger"] = "approvals-changed"  # the navigation's count
     response["X-Warden-Status"] = str(status)
+    return response
+
+
+def _decision_panel(request, approval, *, error=None):
+    """The detail page's decision panel, with its status badge and timing line swapped out of band."""
+    context = {"context": selectors.approval_context(approval=approval), "error": error,
+               "refusal": may_decide(user=request.user, approval=approval)}
+    response = render(request, "governance/approval_detail.html#decision", context)
+    response.write(render_to_string("governance/approval_detail.html#status", context, request=request))
+    response.write(render_to_string("governance/approval_detail.html#timing", {**context, "oob": True}, request=request))
     return response
 
 

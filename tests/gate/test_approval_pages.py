@@ -69,6 +69,21 @@ def test_a_request_page_for_those_who_may_see_it(client_for, waiting):
     assert client_for("viewer").post(f"/approvals/{waiting.pk}/approve/").status_code == 403
 
 
+def test_the_request_page_refreshes_its_decision_panel_for_those_who_may_see_it(client_for, waiting, personas):
+    from governance.approvals import approval_decide
+
+    part = f"/approvals/{waiting.pk}/?part=decision"
+    pending = client_for("admin").get(part, HTTP_HX_REQUEST="true").content.decode()
+    assert "this request is for finance to decide" in pending and "<html" not in pending
+    approval_decide(approval=waiting, by=personas["finance"], verdict="deny", comment="not this month")
+    panel = client_for("admin").get(part, HTTP_HX_REQUEST="true").content.decode()
+    assert "not this month" in panel and "<form" not in panel
+    assert 'id="approval-status" hx-swap-oob="true">denied<' in panel
+    assert 'id="approval-timing" hx-swap-oob="true"' in panel and "expires in" not in panel
+    assert client_for("security").get(part, HTTP_HX_REQUEST="true").status_code == 404
+    assert client_for("viewer").get(part, HTTP_HX_REQUEST="true").status_code == 403
+
+
 def test_the_badge_counts_what_waits_for_the_users_groups(client_for, waiting):
     assert ">1<" in client_for("finance").get("/approvals/badge/").content.decode()
     assert "badge" not in client_for("security").get("/approvals/badge/").content.decode()
