@@ -110,6 +110,7 @@ def run(report, secret: str, *, workers: int = 2, connections: int = 16, seconds
                f"p50 {actions['p50']:.1f} ms, p99 {actions['p99']:.1f} ms, non-2xx {actions['non2xx']} "
                f"= {actions['rps'] / ceiling['rps'] * 100:.0f}% of the bare endpoint")
         report(propagation(base, secret, body))
+        report(approval_wake(base, secret))
         return {"ceiling": ceiling, "actions": actions, "base": base}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -118,3 +119,49 @@ def run(report, secret: str, *, workers: int = 2, connections: int = 16, seconds
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
+
+
+def approval_wake(base: str, secret: str, *, rounds: int = 10) -> str:
+    """An agent long-polls an escalated action; finance approves: how long until the agent has its answer."""
+    import threading
+
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    from governance.approvals import approval_decide
+    from governance.models import Approval
+
+    finance, _ = get_user_model().objects.get_or_create(username="bench-finance")
+    Group.objects.get(name="finance").user_set.add(finance)
+    body = json.dumps({"action": "llm.call", "resource": "model-05",
+                       "context": {"input_tokens": 1_000_000, "max_output_tokens": 100_000, "purpose": "bench"}})
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+
+    def call(path: str, data: bytes | None = None, timeout: float = 5) -> dict:
+        request = urllib.request.Request(base + path, data=data, method="POST" if data else "GET", headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    waits, outcomes = [], []
+    for _ in range(rounds):
+        asked = call("/api/v1/actions/", body.encode())
+        if asked["outcome"] != "pending_approval":
+            return f"approval long-poll: the request was {asked['outcome']}, not escalated; skipped"
+        answer: dict = {}
+
+        def wait() -> None:
+            answer["body"] = call(f"/api/v1/actions/{asked['id']}/?wait=30", timeout=40)
+            answer["at"] = time.perf_counter()
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.3)  # the agent is waiting
+        approval_decide(approval=Approval.objects.get(pk=asked["approval"]["id"]), by=finance, verdict="approve")
+        decided = time.perf_counter()  # committed
+        waiter.join(40)
+        waits.append((answer["at"] - decided) * 1000)
+        outcomes.append(answer["body"]["outcome"])
+    waits.sort()
+    return (f"approval long-poll (GET /actions/{{id}}/?wait=30, {rounds} rounds): answered {waits[len(waits) // 2]:.0f} ms "
+            f"(p50), {waits[-1]:.0f} ms (max) after finance's decision committed [target < 1000 ms]; "
+            f"outcomes {sorted(set(outcomes))}")
