@@ -72,7 +72,8 @@ def summary(approval) -> dict:
     """What a person (or a chat tool) needs to see at a glance."""
     from billing.services import dollars
 
-    body = {"id": str(approval.pk), "kind": approval.kind, "group": approval.group, "status": approval.status,
+    body = {"id": str(approval.pk), "kind": approval.kind, "group": approval.group,
+            "groups": list(approval.groups or [approval.group]), "status": approval.status,
             "reasons": approval.reasons, "purpose": approval.purpose, "required_approvals": approval.required_approvals,
             "expires_at": approval.expires_at.isoformat() if approval.expires_at else None, "url": link(approval)}
     if approval.action_id:
@@ -96,7 +97,8 @@ def _pending(approval_id: str):
 def _headline(approval, info: dict, kind: str) -> str:
     what = (f"{info['agent']} asks for {info['action']} {info['resource']} ({info['estimated_cost']})"
             if approval.action_id else f"more budget for {info['budget']}: {info['requested_limit']} a month")
-    return f"{'Reminder: ' if kind == 'reminder' else ''}approval needed by {approval.group}: {what}"[:190]
+    groups = " and ".join(approval.groups or [approval.group])
+    return f"{'Reminder: ' if kind == 'reminder' else ''}approval needed by {groups}: {what}"[:190]
 
 
 def email(approval_id: str, kind: str) -> int:
@@ -108,8 +110,11 @@ def email(approval_id: str, kind: str) -> int:
     text = "\n".join([_headline(approval, info, kind), "", *approval.reasons, "",
                       f"What it says it is for: {approval.purpose or '(nothing)'}",
                       f"Decide by {info['expires_at']}: {info['url']}"])
-    recipients = list(get_user_model().objects.filter(groups__name=approval.group, is_active=True).exclude(email="")
-                      .values_list("email", flat=True))
+    # Every group the request names (all must approve); not those who have already given their verdict.
+    recipients = list(get_user_model().objects.filter(groups__name__in=approval.groups or [approval.group],
+                                                      is_active=True)
+                      .exclude(email="").exclude(pk__in=approval.decisions.values("decided_by"))
+                      .values_list("email", flat=True).distinct().order_by("email"))
     if recipients:
         send_mail(f"[Warden] {_headline(approval, info, kind)}", text, settings.DEFAULT_FROM_EMAIL, recipients)
     return len(recipients)

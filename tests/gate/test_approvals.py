@@ -430,6 +430,28 @@ def test_every_group_an_escalation_names_must_approve(bot, policy, api_for, pers
     assert [d.group for d in approval.decisions.order_by("id")] == ["finance", "security"]
 
 
+def test_every_named_group_is_written_to_and_reminders_skip_who_has_decided(
+        bot, policy, personas, mailoutbox, django_capture_on_commit_callbacks, eager_tasks):
+    from governance.approval_notices import email
+
+    policy("all", PERMIT_ALL)
+    policy("sec", '@escalate("security")\nforbid(principal, action, resource == Model::"gpt-4o");')
+    policy("fin", '@escalate("finance")\nforbid(principal, action, resource == Model::"gpt-4o");')
+    for name in ("finance", "security", "viewer"):
+        personas[name].email = f"{name}@example.test"
+        personas[name].save()
+    with django_capture_on_commit_callbacks(execute=True):
+        body = pending(bot)
+    mail = mailoutbox[-1]
+    assert sorted(mail.to) == ["finance@example.test", "security@example.test"]
+    assert "approval needed by finance and security" in mail.subject or "approval needed by security and finance" in mail.subject
+    approval = Approval.objects.get(pk=body["approval"]["id"])
+    api_for_finance = api_as(personas["finance"])
+    assert api_for_finance.post(f"/api/v1/approvals/{approval.pk}/approve/", {}, format="json").json()["status"] == "pending"
+    assert email(str(approval.pk), "reminder") == 1
+    assert mailoutbox[-1].to == ["security@example.test"] and mailoutbox[-1].subject.startswith("[Warden] Reminder:")
+
+
 def test_the_owner_of_an_agent_in_the_delegation_chain_may_not_approve(make_agent, agent_client, policy, prices,
                                                                        api_for, personas, second):
     from agents.services import delegation_create
