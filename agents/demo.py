@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
@@ -17,7 +19,7 @@ ROLES = {
     "llm-user": ("Calls language models", ["llm.call"]),
     "researcher": ("Models, web tools and internal data", ["llm.call", "tool.call", "tool.http", "data.read"]),
     "orchestrator": ("Runs other agents", ["llm.call", "tool.call", "data.read", "agent.delegate"]),
-    "integrator": ("Calls external APIs", ["llm.call", "external.call"]),
+    "integrator": ("Calls external APIs and tools", ["llm.call", "tool.call", "external.call"]),
 }
 # (kind, name, $ per million input tokens, per million output tokens, per call) in micro-dollars
 PRICES = [
@@ -30,6 +32,7 @@ PRICES = [
     ("tool", "planner", 0, 0, 0),
     ("tool", "payments-api", 0, 0, 20_000),
     ("tool", "ocr", 0, 0, 15_000),
+    ("tool", "email.send", 0, 0, 100),
     ("endpoint", "api.stripe.com", 0, 0, 0),
     ("endpoint", "*", 0, 0, 1_000),  # every other host reached over HTTP
 ]
@@ -46,17 +49,35 @@ BUDGETS = [
     ("team", "research", 100_000_000, "escalate"),
     ("team", "support", 50_000_000, "deny"),
 ]
+PROGRAMS = "agents.runtime.demo"
 FLEET = [
     ("paper-scout", "research", ["researcher"], "Finds and summarises new papers for the research team.",
-     ["gpt-4o-mini", "claude-haiku"], ["web-search", "pdf-reader"], Clearance.INTERNAL),
+     ["gpt-4o-mini", "claude-haiku"], ["web-search", "pdf-reader"], Clearance.INTERNAL, f"{PROGRAMS}.paper_scout"),
     ("lab-orchestrator", "research", ["orchestrator"], "Plans literature reviews and hands work to other agents.",
-     ["gpt-4o", "claude-sonnet"], ["planner"], Clearance.CONFIDENTIAL),
+     ["gpt-4o", "claude-sonnet"], ["planner"], Clearance.CONFIDENTIAL, f"{PROGRAMS}.pipeline"),
     ("ticket-triage", "support", ["llm-user"], "Labels and routes incoming support tickets.",
-     ["gpt-4o-mini"], [], Clearance.INTERNAL),
+     ["gpt-4o-mini", "claude-sonnet"], [], Clearance.INTERNAL, f"{PROGRAMS}.ticket_triage"),
     ("refund-helper", "support", ["integrator"], "Drafts refunds through the payments API for a human to confirm.",
-     ["gpt-4o-mini"], ["payments-api"], Clearance.CONFIDENTIAL),
+     ["gpt-4o-mini"], ["payments-api", "email.send"], Clearance.CONFIDENTIAL, f"{PROGRAMS}.refund_helper"),
     ("invoice-reader", "finance-ops", ["researcher"], "Extracts line items from supplier invoices.",
-     ["claude-haiku"], ["ocr"], Clearance.RESTRICTED),
+     ["claude-haiku"], ["ocr"], Clearance.RESTRICTED, f"{PROGRAMS}.invoice_reader"),
+]
+# A small agent budget: the invoice reader runs out of money in its first runs (a run stopped by a budget).
+AGENT_BUDGETS = [("invoice-reader", 50_000, "deny")]
+# Policies of the demo besides the starter templates.
+DEMO_POLICIES = [
+    ("support-uses-small-models", "The support team keeps to small models.",
+     'forbid(principal in Team::"support", action == Action::"llm.call", resource == Model::"claude-sonnet");'),
+]
+# (agent, objective, every so many seconds): beat starts these while WARDEN_DEMO_TRAFFIC is on.
+SCHEDULES = [
+    ("paper-scout", "Find and summarise new work on retrieval-augmented generation evaluation", 90),
+    ("lab-orchestrator", "Plan next week's reading list on tool-use benchmarks", 150),
+    ("lab-orchestrator", "Plan and write the quarterly literature review on agent safety", 600),
+    ("ticket-triage", "URGENT: customer cannot log in after a password reset and is locked out", 75),
+    ("ticket-triage", "Question about adding a VAT number to past invoices", 120),
+    ("refund-helper", "Refund a double charge on the annual plan for the Berlin office", 180),
+    ("invoice-reader", "Supplier invoices of the week", 120),
 ]
 
 
@@ -66,12 +87,18 @@ def demo_fleet_ensure(*, owner_username: str = "admin") -> list[str]:
     for name, display in TEAMS.items():
         Team.objects.get_or_create(name=name, defaults={"display_name": display})
     for name, (description, scopes) in ROLES.items():
-        Role.objects.get_or_create(name=name, defaults={"description": description, "scopes": scopes})
+        role, made = Role.objects.get_or_create(name=name, defaults={"description": description, "scopes": scopes})
+        if not made and not set(scopes) <= set(role.scopes):  # a demo database from before: the demo's scopes
+            role.scopes = sorted(set(role.scopes) | set(scopes))
+            role.save(update_fields=["scopes"])
     for name in ("baseline-permit", "expensive-calls-need-finance", "confidential-data-needs-clearance",
                  "no-deep-delegation", "business-hours-only"):
         if not Policy.objects.filter(name=name).exists():
             description, body = TEMPLATES[name]
             policy_create(name=name, body=body, description=description, by=owner, reason="demo starter policy")
+    for name, description, body in DEMO_POLICIES:
+        if not Policy.objects.filter(name=name).exists():
+            policy_create(name=name, body=body, description=description, by=owner, reason="demo policy")
     from billing.models import Price
     from billing.services import price_set
 
@@ -94,12 +121,32 @@ def demo_fleet_ensure(*, owner_username: str = "admin") -> list[str]:
             data_view_create(name=name, classification=classification, team=Team.objects.get(name=team_name),
                              description=description, by=owner)
     created = []
-    for name, team, roles, description, models, tools, clearance in FLEET:
-        if Agent.objects.filter(name=name).exists():
+    for name, team, roles, description, models, tools, clearance, program in FLEET:
+        existing = Agent.objects.filter(name=name).first()
+        if existing is not None:
+            if not existing.program and existing.status != "retired":  # a demo database from before the runtime
+                services.agent_update(agent=existing, by=owner, program=program, allowed_models=models,
+                                      allowed_tools=tools)
             continue
         services.agent_register(
             name=name, owner=owner, team=Team.objects.get(name=team), by=owner, roles=roles,
             description=description, allowed_models=models, allowed_tools=tools, clearance=clearance,
+            program=program,
         )
         created.append(name)
+    for agent_name, limit, on_exceed in AGENT_BUDGETS:
+        agent = Agent.objects.get(name=agent_name)
+        if not Budget.objects.filter(scope="agent", agent=agent).exists():
+            budget_create(scope="agent", agent=agent, monthly_limit_micros=limit, on_exceed=on_exceed, by=owner)
+    from .models import RunSchedule
+    from .runtime.services import schedule_create
+
+    from django.utils import timezone
+
+    for number, (agent_name, objective, every) in enumerate(SCHEDULES):
+        agent = Agent.objects.get(name=agent_name)
+        if not RunSchedule.objects.filter(agent=agent, objective=objective).exists():
+            first = timezone.now() + dt.timedelta(seconds=6 * number)  # staggered: the console fills in order
+            schedule_create(agent=agent, objective=objective, interval_seconds=max(60, every), by=owner, demo=True,
+                            first_run_at=first)
     return created

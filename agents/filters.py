@@ -10,7 +10,7 @@ from django.utils import timezone
 from governance.models import RoleGrant
 from governance.selectors import live_grant_filter
 
-from .models import AgentStatus
+from .models import RUN_ACTIVE, AgentStatus, RunSource, RunStatus
 
 
 class AgentFilter(forms.Form):
@@ -33,4 +33,27 @@ class AgentFilter(forms.Form):
         if data.get("role"):
             live = RoleGrant.objects.filter(live_grant_filter(timezone.now()), role__name=data["role"])
             queryset = queryset.filter(pk__in=live.values("agent_id"))
+        return queryset
+
+
+class RunFilter(forms.Form):
+    """One filter for the runs page, its live updates and `GET /api/v1/runs/`."""
+
+    agent = forms.SlugField(required=False, max_length=64)
+    status = forms.ChoiceField(required=False, choices=[("", "any status"), ("active", "active"), *RunStatus.choices])
+    source = forms.ChoiceField(required=False, choices=[("", "any source"), *RunSource.choices])
+    team = forms.SlugField(required=False, max_length=64)
+
+    def filter(self, queryset):
+        data = self.cleaned_data
+        if data.get("agent"):
+            queryset = queryset.filter(agent__name=data["agent"])
+        if data.get("status") == "active":
+            queryset = queryset.filter(status__in=RUN_ACTIVE)
+        elif data.get("status"):
+            queryset = queryset.filter(status=data["status"])
+        if data.get("source"):
+            queryset = queryset.filter(source=data["source"])
+        if data.get("team"):
+            queryset = queryset.filter(agent__team__name=data["team"])
         return queryset

@@ -34,7 +34,16 @@ class AgentForm(forms.Form):
     allowed_models = ListField(required=False, help_text="Comma-separated model names.")
     allowed_tools = ListField(required=False, help_text="Comma-separated tool names.")
     clearance = forms.TypedChoiceField(choices=Clearance.choices, coerce=int, initial=Clearance.INTERNAL)
+    program = forms.ChoiceField(required=False, help_text="What Warden's workers run for it; none if it runs "
+                                                           "elsewhere and asks the gate over the API.")
     activate = forms.BooleanField(required=False, initial=True, label="Activate now")
+
+    def __init__(self, *args, **kwargs):
+        from .runtime.programs import allowed_programs, program_label
+
+        super().__init__(*args, **kwargs)
+        self.fields["program"].choices = [("", "none: it runs elsewhere"),
+                                          *((path, f"{path} — {program_label(path)}") for path in allowed_programs())]
 
 
 class AgentEditForm(AgentForm):
@@ -77,3 +86,13 @@ class BudgetIncreaseForm(forms.Form):
     monthly_limit = DollarField(label="New monthly limit ($)")
     reason = forms.CharField(max_length=1000, widget=forms.Textarea(attrs={"rows": 2}),
                              help_text="Why: finance reads it before deciding.")
+
+
+class RunStartForm(forms.Form):
+    objective = forms.CharField(max_length=4000, widget=forms.Textarea(attrs={"rows": 3}),
+                                help_text="What the run should achieve; the program receives it as its objective.")
+
+
+class ScheduleForm(forms.Form):
+    objective = forms.CharField(max_length=4000, widget=forms.Textarea(attrs={"rows": 2}))
+    every_minutes = forms.IntegerField(min_value=1, max_value=31 * 24 * 60, initial=60, label="Every (minutes)")

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class Team(models.Model):
@@ -54,6 +55,8 @@ class Agent(models.Model):
     allowed_models = ArrayField(models.CharField(max_length=100), default=list, blank=True)
     allowed_tools = ArrayField(models.CharField(max_length=100), default=list, blank=True)
     clearance = models.PositiveSmallIntegerField(choices=Clearance.choices, default=Clearance.INTERNAL)
+    # The program Warden's workers run for it (a dotted path from WARDEN_AGENT_PROGRAMS); blank: it runs elsewhere.
+    program = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
     updated_at = models.DateTimeField(auto_now=True)
@@ -127,3 +130,143 @@ class Delegation(models.Model):
                 name="delegation_has_one_delegator",
             )
         ]
+
+
+# --- runs: agents whose program Warden's workers execute (agents/runtime/) ---------------------------
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "running"
+    WAITING_APPROVAL = "waiting_approval", "waiting for approval"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    CANCELLED = "cancelled", "cancelled"
+
+
+RUN_ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING_APPROVAL)
+RUN_FINAL = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class RunSource(models.TextChoices):
+    BROWSER = "browser", "browser"
+    API = "api", "API"
+    SCHEDULE = "schedule", "schedule"
+
+
+class AgentRun(models.Model):
+    """One execution of an agent's program towards an objective; its steps are the ledger it resumes from."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
+    program = models.CharField(max_length=200)
+    objective = models.TextField()
+    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    source = models.CharField(max_length=16, choices=RunSource.choices)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
+                                   related_name="+")
+    schedule = models.ForeignKey("RunSchedule", on_delete=models.SET_NULL, null=True, blank=True, related_name="runs")
+    correlation_id = models.CharField(max_length=128)
+    cost_micros = models.BigIntegerField(default=0)  # settled so far, at Warden's prices
+    steps_done = models.PositiveIntegerField(default=0)
+    plan = models.JSONField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    deliveries = models.PositiveIntegerField(default=0)  # how many times a worker took it up
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(default=timezone.now)  # last progress: the recovery sweep's clock
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
+                                     related_name="+")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["agent", "-created_at"]),
+            models.Index(fields=["status", "-created_at"]),
+            models.Index(fields=["heartbeat_at"], condition=Q(status__in=["queued", "running", "waiting_approval"]),
+                         name="run_active_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} of {self.agent_id}"
+
+    @property
+    def active(self) -> bool:
+        return self.status in RUN_ACTIVE
+
+
+class StepKind(models.TextChoices):
+    LLM = "llm", "model call"
+    TOOL = "tool", "tool call"
+    PLAN = "plan", "plan"
+    READ = "read", "data read"
+    DELEGATE = "delegate", "delegation"
+
+
+class StepStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    WAITING_APPROVAL = "waiting_approval", "waiting for approval"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"  # it ran and did not work (provider error, invalid output, tool error)
+    DENIED = "denied", "denied"  # the gate said no (or the approval did)
+    REFUSED = "refused", "refused"  # never sent: the runtime could not build it (bad arguments, no upstream)
+    CANCELLED = "cancelled", "cancelled"
+
+
+STEP_FINAL = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.DENIED, StepStatus.REFUSED)
+
+
+class RunStep(models.Model):
+    """One call a program made through its context: the gate's action, what ran, what it cost, what came back.
+
+    `result` is replayed into the program when the run is taken up again: a step that finished never runs twice.
+    """
+
+    run = models.ForeignKey(AgentRun, on_delete=models.PROTECT, related_name="steps")
+    index = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=StepKind.choices)
+    name = models.CharField(max_length=255)  # the model, tool, view or agent
+    fingerprint = models.CharField(max_length=64)  # of the request: a replay that asks otherwise has diverged
+    status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.RUNNING)
+    input_summary = models.TextField(blank=True)
+    output_summary = models.TextField(blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    error_kind = models.CharField(max_length=32, blank=True)
+    reasons = models.JSONField(default=list)
+    provider = models.CharField(max_length=32, blank=True)  # "simulated" for the offline provider
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost_micros = models.BigIntegerField(default=0)
+    retries = models.PositiveIntegerField(default=0)  # transport retries and rejected outputs
+    attempts = models.JSONField(default=list)  # one entry per gated call: action, outcome, tokens, cost, rejection
+    gate_requests = models.PositiveIntegerField(default=0)  # asked anew after an action lapsed (idempotency key)
+    action = models.ForeignKey("governance.Action", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="one_step_per_index")]
+
+
+class RunSchedule(models.Model):
+    """Beat starts a run of `agent` towards `objective` every `interval_seconds` (never two at once)."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="schedules")
+    objective = models.TextField()
+    interval_seconds = models.PositiveIntegerField()
+    enabled = models.BooleanField(default=True)
+    demo = models.BooleanField(default=False)  # demo traffic: off with WARDEN_DEMO_TRAFFIC=0
+    next_run_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
+                                   related_name="+")
+
+    class Meta:
+        ordering = ["agent", "id"]
+        indexes = [models.Index(fields=["next_run_at"], condition=Q(enabled=True), name="schedule_due_idx")]
+        constraints = [models.CheckConstraint(condition=Q(interval_seconds__gte=60), name="schedule_at_most_every_minute")]

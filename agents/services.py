@@ -88,11 +88,15 @@ def agent_register(
     allowed_tools=(),
     clearance: int = Clearance.INTERNAL,
     activate: bool = True,
+    program: str = "",
 ) -> Agent:
+    from .runtime.programs import program_check
+
     if not owner.is_active:
         raise ValidationError({"owner": "The owner must be an active user."})
     allowed_models, allowed_tools = list(allowed_models), list(allowed_tools)
     _check_lists(allowed_models=allowed_models, allowed_tools=allowed_tools)
+    program = program_check(program)  # an unknown program is refused here, not when a run starts
     role_objects = _roles_by_name(roles)
     now = timezone.now()
     try:
@@ -108,6 +112,7 @@ def agent_register(
                 allowed_models=allowed_models,
                 allowed_tools=allowed_tools,
                 clearance=clearance,
+                program=program,
                 created_by=by,
                 updated_by=by,
             )
@@ -128,12 +133,13 @@ def agent_register(
             "allowed_models": allowed_models,
             "allowed_tools": allowed_tools,
             "clearance": Clearance(clearance).label,
+            "program": program,
         },
     )
     return agent
 
 
-UPDATABLE = ("description", "owner", "team", "allowed_models", "allowed_tools", "clearance")
+UPDATABLE = ("description", "owner", "team", "allowed_models", "allowed_tools", "clearance", "program")
 
 
 @transaction.atomic
@@ -150,6 +156,10 @@ def agent_update(*, agent: Agent, by, **changes) -> Agent:
         allowed_models=changes.get("allowed_models", agent.allowed_models),
         allowed_tools=changes.get("allowed_tools", agent.allowed_tools),
     )
+    if "program" in changes:
+        from .runtime.programs import program_check
+
+        changes["program"] = program_check(changes["program"])
     diff = {}
     for field, value in changes.items():
         old = getattr(agent, field)
@@ -233,7 +243,11 @@ def agent_suspend(*, agent: Agent, by, reason: str) -> Agent:
             agent = current  # pressed again: the cancellation below runs again, nothing else changes
         else:
             agent = _transition(current, to=AgentStatus.SUSPENDED, by=by, reason=reason, action="agent.suspend")
-    # What waits for a person first: an approval decided meanwhile then makes an allowed action to cancel.
+    # Its runs stop at their next step; then what waits for a person (an approval decided meanwhile makes an
+    # allowed action to cancel); then what it was allowed and has not completed.
+    from .runtime.services import runs_cancel_for_agent
+
+    runs_cancel_for_agent(agent=agent, by=by, reason=f"agent {agent.name} was suspended: {agent.status_reason}")
     approvals_withdraw(agent=agent, reason=f"agent {agent.name} was suspended: {agent.status_reason}")
     actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was suspended: {agent.status_reason}")
     return agent
@@ -265,7 +279,9 @@ def agent_retire(*, agent: Agent, by, reason: str) -> Agent:
         Delegation.objects.filter(revoked_at__isnull=True, delegator_agent=agent).update(
             revoked_at=now, revoked_by=by, revoked_reason="delegator retired"
         )
-    # What waits for a person first: an approval decided meanwhile then makes an allowed action to cancel.
+    from .runtime.services import runs_cancel_for_agent
+
+    runs_cancel_for_agent(agent=agent, by=by, reason=f"agent {agent.name} was retired: {reason}")
     approvals_withdraw(agent=agent, reason=f"agent {agent.name} was retired: {reason}")
     actions_cancel(agent=agent, by=by, reason=f"agent {agent.name} was retired: {reason}")
     return agent

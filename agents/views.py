@@ -61,9 +61,24 @@ def _detail(request, agent, *, status=200, **extra):
         "reason_form": ReasonForm(),
         "delegation_form": DelegationForm(),
         "now": timezone.now(),
+        **_run_context(request.user, agent),
     }
     context.update(extra)
     return render(request, "agents/agent_detail.html", context, status=status)
+
+
+def _run_context(user, agent) -> dict:
+    """Its runs and schedules, and the forms to start one (for those who may)."""
+    from .forms import RunStartForm, ScheduleForm
+    from .runtime.selectors import run_list, schedules_of
+
+    if not can(user, "run.view"):
+        return {}
+    return {"show_runs": True, "runs": list(run_list(user=user).filter(agent=agent).order_by("-created_at")[:10]),
+            "schedules": list(schedules_of(user=user, agent=agent)),
+            "can_run": can(user, "run.manage") and bool(agent.program) and agent.status == AgentStatus.ACTIVE,
+            "can_schedule": can(user, "run.manage") and bool(agent.program),
+            "run_form": RunStartForm(), "schedule_form": ScheduleForm()}
 
 
 def _budget_context(user, agent) -> dict:
@@ -106,7 +121,7 @@ def agent_edit(request, agent_id):
     initial = {
         "description": agent.description, "owner": agent.owner, "team": agent.team,
         "allowed_models": ", ".join(agent.allowed_models), "allowed_tools": ", ".join(agent.allowed_tools),
-        "clearance": agent.clearance,
+        "clearance": agent.clearance, "program": agent.program,
     }
     form = AgentEditForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():

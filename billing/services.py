@@ -212,13 +212,16 @@ class Charge:
     output_tokens: int = 0
 
 
-def actual_cost(*, action, status: str, usage: dict | None) -> Charge:
+def actual_cost(*, action, status: str, usage: dict | None, trusted: bool = False) -> Charge:
     """What a completed action costs: Warden's price (as of the decision) applied to the usage.
 
     Calls: the reported `calls`, at least 1 for a success (0 for a failure
     that reports none). Tokens: as reported; a successful model call that
     reports none is charged the tokens it reserved. Reading data and
     delegating have no price and cost nothing, whatever anyone declares.
+    An agent's report (not `trusted`) may not claim more output than it
+    reserved; a provider's answer (`trusted`) is what was spent, and is
+    charged in full.
     """
     usage = usage or {}
     reported = Charge(0, usage.get("input_tokens", 0), usage.get("output_tokens", 0))
@@ -234,7 +237,7 @@ def actual_cost(*, action, status: str, usage: dict | None) -> Charge:
     input_tokens, output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
     if action.action == "llm.call":
         reserved_output = action.context.get("max_output_tokens", 0)
-        if output_tokens is not None and output_tokens > reserved_output:
+        if not trusted and output_tokens is not None and output_tokens > reserved_output:
             raise ValidationError({"usage.output_tokens": f"More than the {reserved_output} output tokens this "
                                                           "action asked for (max_output_tokens)."})
         if succeeded and input_tokens is None and output_tokens is None:

@@ -20,7 +20,11 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "agent.view": frozenset({ADMIN, FINANCE, SECURITY, VIEWER}),
     "agent.manage": frozenset({ADMIN}),
     "agent.suspend": frozenset({ADMIN, SECURITY}),
+    # Runs of agents Warden's workers execute: everyone reads; admins start them; admins and security
+    # (who hold the kill switch) cancel them.
+    "run.view": frozenset({ADMIN, FINANCE, SECURITY, VIEWER}),
     "run.manage": frozenset({ADMIN}),
+    "run.cancel": frozenset({ADMIN, SECURITY}),
     "policy.view": frozenset({ADMIN, SECURITY, VIEWER}),
     "policy.manage": frozenset({ADMIN}),
     # Approvals are routed to a group (@escalate("<group>"), finance for budgets): each of these groups

@@ -48,6 +48,9 @@ def announce_on_commit(approval, event: str, *, by=None) -> None:
     if approval.action_id and event in FINAL:
         push_on_commit(action_group(approval.action_id), {"type": "action.decided", "id": str(approval.action_id),
                                                           "event": event})
+        from agents.runtime.services import runs_resume_on_commit
+
+        runs_resume_on_commit(approval.action_id)  # a run Warden runs that waits on it goes on (or meets the no)
     if event == "created":
         deliver_on_commit(approval.pk, "created")
 

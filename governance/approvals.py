@@ -327,13 +327,16 @@ def _finish(approval: Approval, *, status: str, by, comment: str, now, reason: s
     _announce(approval, status, by=by)
 
 
-def approvals_withdraw(*, agent, reason: str) -> int:
-    """Deny what an agent that was just suspended or retired still waits for (nobody should approve it now)."""
+def approvals_withdraw(*, agent, reason: str, action_ids=None) -> int:
+    """Deny what an agent that was just suspended or retired still waits for (nobody should approve it now);
+    with `action_ids`, only what those actions wait for (a cancelled run's)."""
     withdrawn = 0
     with transaction.atomic():
-        waiting = list(Approval.objects.select_for_update(of=("self",), no_key=True)
-                       .filter(status=ApprovalStatus.PENDING, action__agent=agent)
-                       .select_related("action__agent__team").order_by("created_at"))
+        waiting = Approval.objects.select_for_update(of=("self",), no_key=True).filter(
+            status=ApprovalStatus.PENDING, action__agent=agent)
+        if action_ids is not None:
+            waiting = waiting.filter(action_id__in=list(action_ids))
+        waiting = list(waiting.select_related("action__agent__team").order_by("created_at"))
         for approval in waiting:
             with correlation_scope(approval.action.correlation_id):
                 _finish(approval, status=ApprovalStatus.DENIED, by=None, comment="", now=timezone.now(),

@@ -14,6 +14,22 @@ from .filters import ApprovalFilter
 from .selectors import approval_list
 
 
+def still_allowed(scope, capability: str):
+    """The person behind a websocket, read again now: None if they signed out (or their session lapsed), were
+    switched off, or lost the capability since the page opened. Consumers check it for every message."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    session = scope.get("session")
+    user = get_user_model().objects.filter(pk=getattr(scope.get("user"), "pk", None), is_active=True).first()
+    live = session is not None and session.session_key is not None and Session.objects.filter(
+        session_key=session.session_key, expire_date__gt=timezone.now()).exists()
+    if user is None or not live or not can(user, capability):
+        return None
+    return user
+
+
 class ApprovalQueueConsumer(AsyncJsonWebsocketConsumer):
     """Same permission, same filter and same row partial as the page (governance.views.approval_list)."""
 
@@ -48,17 +64,10 @@ class ApprovalQueueConsumer(AsyncJsonWebsocketConsumer):
         """The row as this person sees it now; None when it is not theirs to see, "" for a new one outside the
         filter (the page refreshes its count for it). The person is read again for every message: whoever
         signed out, was switched off or left the group since the page opened stops receiving at once."""
-        from django.contrib.auth import get_user_model
-        from django.contrib.sessions.models import Session
-        from django.utils import timezone
-
         from .views import approval_rows
 
-        session = self.scope.get("session")
-        user = get_user_model().objects.filter(pk=getattr(self.scope["user"], "pk", None), is_active=True).first()
-        live = session is not None and Session.objects.filter(session_key=session.session_key,
-                                                              expire_date__gt=timezone.now()).exists()
-        if user is None or not live or not can(user, "approval.view"):
+        user = still_allowed(self.scope, "approval.view")
+        if user is None:
             self.revoked = True
             return None
         visible = approval_list(user=user).filter(pk=message["id"])

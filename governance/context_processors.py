@@ -3,6 +3,7 @@ from .access import can
 # The console's sections, in navigation order: (label, url name, capability).
 SECTIONS = (
     ("Agents", "agents:list", "agent.view"),
+    ("Runs", "runs:list", "run.view"),
     ("Policies", "governance:policies", "policy.view"),
     ("Data views", "governance:data-views", "data_view.view"),
     ("Approvals", "governance:approvals", "approval.view"),

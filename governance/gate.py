@@ -480,7 +480,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
 
 COMPLETION_STATUSES = (ActionStatus.SUCCEEDED, ActionStatus.FAILED)
 CLOSED_STATUSES = (ActionStatus.EXPIRED, ActionStatus.CANCELLED)
-USAGE_SOURCES = ("agent", "provider", "warden")
+USAGE_SOURCES = ("agent", "provider", "warden", "simulated")  # simulated: the offline provider or a demo tool
 
 
 @transaction.atomic
@@ -515,7 +515,7 @@ def complete_action(*, action: Action, status: str, usage: dict | None = None, u
         raise Conflict(f"Only an allowed action can be completed; this one was {record.outcome}.", code="not_allowed")
     if usage is not None and record.action == "llm.call" and usage.get("model", record.resource) != record.resource:
         raise ValidationError({"usage.model": f"This action reserved model {record.resource}, not {usage['model']!r}."})
-    charge = billing.actual_cost(action=record, status=status, usage=usage)
+    charge = billing.actual_cost(action=record, status=status, usage=usage, trusted=usage_source != "agent")
     actual = charge.micros
     was = record.status
     record.status = status

@@ -166,17 +166,34 @@ CHANNEL_LAYERS = {
 }
 
 # --- Celery (broker only; results are recorded in PostgreSQL by the services) ---
+#
+# Nothing is lost and nothing is done twice (agents/runtime/runner.py): a task is acknowledged only when it
+# has finished (acks_late), a worker process that dies hands its task back (reject_on_worker_lost), a worker
+# holds one task at a time (prefetch 1), and a task that is neither acknowledged nor handed back (a whole
+# host lost) is delivered again after the visibility timeout, longer than any task may run. Tasks are sent
+# only after the transaction that asked for them commits. Redis must not evict keys (noeviction).
 
-CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_URL = envstr("WARDEN_BROKER_URL") or REDIS_URL
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SOFT_TIME_LIMIT = envint("WARDEN_TASK_SOFT_TIME_LIMIT", 240)
+CELERY_TASK_TIME_LIMIT = envint("WARDEN_TASK_TIME_LIMIT", 300)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("WARDEN_TASK_VISIBILITY_TIMEOUT", 3600)}
+if CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured("WARDEN_TASK_VISIBILITY_TIMEOUT must be longer than WARDEN_TASK_TIME_LIMIT: a task "
+                               "still running would be delivered a second time")
+if CELERY_TASK_SOFT_TIME_LIMIT >= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured("WARDEN_TASK_SOFT_TIME_LIMIT must be shorter than WARDEN_TASK_TIME_LIMIT")
 CELERY_TIMEZONE = envstr("WARDEN_TIMEZONE", "UTC")
 CELERY_BEAT_SCHEDULE: dict = {
+    "start-scheduled-runs": {"task": "agents.runs_schedule", "schedule": float(envint("WARDEN_RUN_SCHEDULE_SECONDS", 10))},
+    "recover-stalled-runs": {"task": "agents.runs_recover", "schedule": float(envint("WARDEN_RUN_RECOVERY_SECONDS", 30))},
     "release-stale-reservations": {"task": "billing.reservations_sweep", "schedule": 60.0},
     "sign-audit-chain-heads": {"task": "audit.checkpoint", "schedule": 60.0},
     "archive-old-audit-events": {"task": "audit.archive", "schedule": 6 * 3600.0},
@@ -312,6 +329,41 @@ EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
 EMAIL_PORT = envint("EMAIL_PORT", 25)
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "warden@localhost")
 WARDEN_HTTP_THREADS = envint("WARDEN_HTTP_THREADS", 8)
+
+# --- the agent runtime (agents/runtime/) ------------------------------------------------
+# Programs an agent may name (dotted paths); a name outside this list is refused at registration and at run.
+WARDEN_AGENT_PROGRAMS = envlist("WARDEN_AGENT_PROGRAMS", ",".join(
+    f"agents.runtime.demo.{name}" for name in ("pipeline", "paper_scout", "ticket_triage", "refund_helper",
+                                               "invoice_reader")))
+# Tools the runtime offers besides http.get and email.send: dotted paths to Tool objects or lists of them.
+WARDEN_TOOLS = envlist("WARDEN_TOOLS", "agents.runtime.demo.TOOLS")
+# Where model calls go: a JSON object from model name (or fnmatch pattern, most specific first) to "simulated"
+# or {"base_url": ..., "api_key" | "api_key_env" | "api_key_file": ..., "timeout": s, "max_retries": n}.
+# A model that matches nothing cannot be called by the runtime (the step is refused, saying so).
+WARDEN_LLM_UPSTREAMS = envstr("WARDEN_LLM_UPSTREAMS", "{}")
+WARDEN_LLM_TIMEOUT = envint("WARDEN_LLM_TIMEOUT", 60)  # seconds, per attempt
+WARDEN_LLM_MAX_RETRIES = envint("WARDEN_LLM_MAX_RETRIES", 2)  # on 429, 5xx, timeouts and broken connections
+# The simulated provider: how long it "thinks" (ms, the demo looks alive) and how often its first structured
+# answer does not validate (percent: the runtime rejects it and asks again, as with a real model).
+WARDEN_SIMULATED_LATENCY_MS = envint("WARDEN_SIMULATED_LATENCY_MS", 600)
+WARDEN_SIMULATED_INVALID_PERCENT = envint("WARDEN_SIMULATED_INVALID_PERCENT", 10)
+# http.get reaches only these hosts (exact names or IPs; empty: none); answers are cut at this many bytes.
+WARDEN_HTTP_TOOL_HOSTS = [host.lower() for host in envlist("WARDEN_HTTP_TOOL_HOSTS")]
+WARDEN_HTTP_TOOL_MAX_BYTES = envint("WARDEN_HTTP_TOOL_MAX_BYTES", 512 * 1024)
+WARDEN_HTTP_TOOL_TIMEOUT = envint("WARDEN_HTTP_TOOL_TIMEOUT", 15)
+# email.send writes to Warden's own users and to addresses in these domains (empty: Warden's users only).
+WARDEN_EMAIL_TOOL_DOMAINS = [domain.lower() for domain in envlist("WARDEN_EMAIL_TOOL_DOMAINS")]
+WARDEN_RUN_MAX_STEPS = envint("WARDEN_RUN_MAX_STEPS", 60)  # a run that asks for more fails
+WARDEN_RUN_STEPS_PER_TASK = envint("WARDEN_RUN_STEPS_PER_TASK", 8)  # then the task hands the run on (fairness)
+WARDEN_RUN_OUTPUT_RETRIES = envint("WARDEN_RUN_OUTPUT_RETRIES", 2)  # structured output that does not validate
+# A task starts no new step after this many seconds: it hands the run on, so one step never meets the time limit.
+WARDEN_RUN_TASK_SECONDS = envint("WARDEN_RUN_TASK_SECONDS", 30)
+if WARDEN_RUN_TASK_SECONDS + WARDEN_LLM_TIMEOUT * (WARDEN_LLM_MAX_RETRIES + 1) + 20 >= CELERY_TASK_SOFT_TIME_LIMIT:
+    raise ImproperlyConfigured("WARDEN_TASK_SOFT_TIME_LIMIT must leave room for WARDEN_RUN_TASK_SECONDS plus one model "
+                               "call with all its retries (WARDEN_LLM_TIMEOUT x (WARDEN_LLM_MAX_RETRIES + 1))")
+# A run that is queued or running, that no worker holds and that has not moved for this long is sent again.
+WARDEN_RUN_STALL_SECONDS = envint("WARDEN_RUN_STALL_SECONDS", 60)
+WARDEN_DEMO_TRAFFIC = envbool("WARDEN_DEMO_TRAFFIC", True)  # beat starts the demo fleet's scheduled runs
 WARDEN_READINESS_TIMEOUT = envint("WARDEN_READINESS_TIMEOUT", 2)
 
 # --- logging: JSON in production, readable in development --------------------------

@@ -36,6 +36,7 @@ urlpatterns = [
     path("account/tokens/", views.api_tokens, name="api-tokens"),
     path("", include((section_patterns, "governance"))),
     path("agents/", include("agents.urls")),
+    path("runs/", include("agents.run_urls")),
     path("budgets/", include("billing.urls")),
     path("audit/", include("audit.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -219,6 +219,8 @@ class EmbeddedRedis:
                 "--dir", str(REDIS_DIR), "--daemonize", "yes",
                 "--pidfile", str(self.pidfile), "--logfile", str(REDIS_DIR / "redis.log"),
                 "--save", "", "--appendonly", "no", "--maxclients", "2000",
+                # A broker must never drop a queued task to make room: refuse writes instead (DESIGN.md).
+                "--maxmemory-policy", "noeviction",
             ],
             check=True,
         )
@@ -288,6 +290,8 @@ class Stack:
             read_or_create(VAR / "demo_password", lambda: secrets.token_urlsafe(12)),
         )
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # The demo fleet's models answer from the offline simulated provider (labelled so everywhere).
+        env.setdefault("WARDEN_LLM_UPSTREAMS", '{"*": "simulated"}')
         return env
 
     def down(self) -> None:

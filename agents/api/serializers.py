@@ -48,6 +48,9 @@ class AgentCreateInput(serializers.Serializer):
     allowed_tools = NameList(required=False, default=list)
     clearance = ClearanceField(required=False, default=Clearance.INTERNAL)
     activate = serializers.BooleanField(required=False, default=True)
+    program = serializers.CharField(required=False, allow_blank=True, max_length=200, default="",
+                                    help_text="Dotted path of the program Warden's workers run for it "
+                                              "(WARDEN_AGENT_PROGRAMS); blank if it runs elsewhere")
 
 
 class AgentUpdateInput(serializers.Serializer):
@@ -57,6 +60,7 @@ class AgentUpdateInput(serializers.Serializer):
     allowed_models = NameList(required=False)
     allowed_tools = NameList(required=False)
     clearance = ClearanceField(required=False)
+    program = serializers.CharField(required=False, allow_blank=True, max_length=200)
 
 
 class AgentOutput(serializers.Serializer):
@@ -72,6 +76,7 @@ class AgentOutput(serializers.Serializer):
     allowed_models = serializers.ListField(child=serializers.CharField())
     allowed_tools = serializers.ListField(child=serializers.CharField())
     clearance = ClearanceField()
+    program = serializers.CharField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     last_seen_at = serializers.DateTimeField()
@@ -180,3 +185,64 @@ class AgentSelfOutput(serializers.Serializer):
     team = serializers.CharField(source="agent.team.name")
     key_id = serializers.UUIDField(source="key.id")
     key_expires_at = serializers.DateTimeField(source="key.expires_at")
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+class RunStartInput(serializers.Serializer):
+    objective = serializers.CharField(max_length=4000, help_text="What the run should achieve")
+
+
+class RunCancelInput(serializers.Serializer):
+    reason = serializers.CharField(max_length=500, allow_blank=True, required=False, default="")
+
+
+class RunOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    agent = serializers.CharField(source="agent.name")
+    agent_id = serializers.UUIDField()
+    program = serializers.CharField()
+    objective = serializers.CharField()
+    status = serializers.CharField()
+    source = serializers.CharField()
+    started_by = serializers.SerializerMethodField()
+    correlation_id = serializers.CharField()
+    cost_micros = serializers.IntegerField(help_text="settled so far, at Warden's prices")
+    steps_done = serializers.IntegerField()
+    error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField()
+
+    def get_started_by(self, run) -> str | None:
+        if run.started_by_id:
+            return run.started_by.get_username()
+        return "schedule" if run.schedule_id else None
+
+
+class RunStepOutput(serializers.Serializer):
+    index = serializers.IntegerField()
+    kind = serializers.CharField()
+    name = serializers.CharField(help_text="the model, tool, data view or agent")
+    status = serializers.CharField()
+    provider = serializers.CharField(help_text="'simulated' for the offline provider and demo tools")
+    input_summary = serializers.CharField()
+    output_summary = serializers.CharField()
+    error = serializers.CharField()
+    reasons = serializers.ListField(child=serializers.CharField())
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_micros = serializers.IntegerField()
+    retries = serializers.IntegerField()
+    duration_ms = serializers.IntegerField()
+    action_id = serializers.UUIDField()
+    attempts = serializers.ListField(child=serializers.DictField())
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField()
+
+
+class RunDetailOutput(RunOutput):
+    plan = serializers.JSONField()
+    result = serializers.JSONField()
+    steps = RunStepOutput(many=True)

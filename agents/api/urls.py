@@ -14,6 +14,10 @@ urlpatterns = [
     path("agents/<uuid:agent_id>/keys/<uuid:key_id>/", views.AgentKeyDetailView.as_view(), name="api-agent-key"),
     path("agents/<uuid:agent_id>/keys/<uuid:key_id>/rotate/", views.AgentKeyRotateView.as_view(), name="api-agent-key-rotate"),
     path("agents/<uuid:agent_id>/delegations/", views.AgentDelegationListView.as_view(), name="api-agent-delegations"),
+    path("agents/<uuid:agent_id>/runs/", views.AgentRunListView.as_view(), name="api-agent-runs"),
+    path("runs/", views.RunListView.as_view(), name="api-runs"),
+    path("runs/<uuid:run_id>/", views.RunDetailView.as_view(), name="api-run"),
+    path("runs/<uuid:run_id>/cancel/", views.RunCancelView.as_view(), name="api-run-cancel"),
     path("delegations/", views.AgentDelegateView.as_view(), name="api-delegations"),
     path("delegations/<uuid:delegation_id>/revoke/", views.DelegationRevokeView.as_view(), name="api-delegation-revoke"),
 ]

@@ -200,3 +200,85 @@ class AgentSelfView(APIView):
     @extend_schema(responses=s.AgentSelfOutput)
     def get(self, request):
         return Response(s.AgentSelfOutput(request.user).data)
+
+
+# --- runs: agents whose program Warden's workers execute ---------------------------------------
+
+
+def _run_detail(run) -> dict:
+    from ..runtime.selectors import run_steps
+
+    run.step_list = run_steps(run=run)
+    body = s.RunOutput(run).data
+    body.update(plan=run.plan, result=run.result,
+                steps=s.RunStepOutput(run.step_list, many=True).data)
+    return body
+
+
+class AgentRunListView(CapabilityView):
+    capabilities = {"GET": "run.view", "POST": "run.manage"}
+
+    @extend_schema(responses=s.RunOutput(many=True))
+    def get(self, request, agent_id):
+        from ..runtime.selectors import run_list
+
+        agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(run_list(user=request.user).filter(agent=agent).order_by("-created_at"),
+                                           request, view=self)
+        return paginator.get_paginated_response(s.RunOutput(page, many=True).data)
+
+    @extend_schema(request=s.RunStartInput, responses={201: s.RunDetailOutput})
+    def post(self, request, agent_id):
+        from ..models import RunSource
+        from ..runtime.selectors import run_get
+        from ..runtime.services import run_start
+
+        agent = selectors.agent_get(user=request.user, agent_id=agent_id)
+        data = valid(s.RunStartInput, request.data)
+        run = run_start(agent=agent, objective=data["objective"], by=request.user, source=RunSource.API)
+        return Response(_run_detail(run_get(user=request.user, run_id=run.pk)), status=status.HTTP_201_CREATED)
+
+
+class RunListView(CapabilityView):
+    capabilities = {"GET": "run.view"}
+
+    @extend_schema(parameters=[OpenApiParameter(name, str, required=False) for name in ("agent", "status", "source", "team")],
+                   responses=s.RunOutput(many=True))
+    def get(self, request):
+        from ..filters import RunFilter
+        from ..runtime.selectors import run_list
+
+        filters = RunFilter(request.query_params)
+        if not filters.is_valid():
+            raise ValidationError(filters.errors)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(filters.filter(run_list(user=request.user)).order_by("-created_at"),
+                                           request, view=self)
+        return paginator.get_paginated_response(s.RunOutput(page, many=True).data)
+
+
+class RunDetailView(CapabilityView):
+    capabilities = {"GET": "run.view"}
+
+    @extend_schema(responses=s.RunDetailOutput)
+    def get(self, request, run_id):
+        from ..runtime.selectors import run_get
+
+        return Response(_run_detail(run_get(user=request.user, run_id=run_id)))
+
+
+class RunCancelView(CapabilityView):
+    """Stop a run at its next step; what its step in flight holds is released."""
+
+    capabilities = {"POST": "run.cancel"}
+
+    @extend_schema(request=s.RunCancelInput, responses=s.RunDetailOutput)
+    def post(self, request, run_id):
+        from ..runtime.selectors import run_get
+        from ..runtime.services import run_cancel
+
+        run = run_get(user=request.user, run_id=run_id)
+        data = valid(s.RunCancelInput, request.data or {})
+        run_cancel(run=run, by=request.user, reason=data["reason"])
+        return Response(_run_detail(run_get(user=request.user, run_id=run_id)))

@@ -29,3 +29,8 @@ def make_list_words(value: str) -> list[str]:
 def subtract(value, other):
     """value - other, for whole micro-dollars."""
     return int(value or 0) - int(other or 0)
+
+
+@register.filter
+def intdiv(value, divisor):
+    return int(value) // int(divisor)

@@ -1,0 +1,39 @@
+"""The agent runtime: Warden's Celery workers run agents' programs, every step through the gate.
+
+Writing a program
+-----------------
+
+A program is a function `program(ctx, objective)` in a module on the
+deployment's allow-list (WARDEN_AGENT_PROGRAMS); an agent names it by its
+dotted path. It returns the run's result (anything JSON can hold). The
+context is its only door to the world:
+
+    reply = ctx.llm("gpt-4o-mini", [{"role": "user", "content": "..."}], max_tokens=300)
+    reply.text, reply.data          # data: the parsed JSON when response_schema= is given
+    page = ctx.tool("http.get", url="https://docs.example.com/x")   # a registered tool
+    plan = ctx.plan(objective)      # {"objective", "steps", "constraints"}, validated first
+    ctx.read("customers", plan="pro")   # data views (not served yet: raises NotAvailable)
+    ctx.delegate("writer", "draft it")  # another agent's run (not served yet: raises NotAvailable)
+
+Each call is a step: the gate judges it (policies, scopes, budgets), a person
+approves it if a policy or budget escalates (the run waits without holding a
+worker), it runs, and its Action completes with the usage the provider
+reported. What a step can raise, and a program may catch:
+
+    Denied        the gate (or a person) said no
+    StepFailed    it ran and failed; InvalidOutput: answers never validated
+    Refused       it could not be sent (bad arguments, host not allowed, ...)
+
+Runs resume from their step ledger: if a worker dies, the program is called
+again and every step that finished returns its recorded result without
+running again. So a program must be deterministic given what its steps
+return: no clocks, random numbers or outside reads except through `ctx`.
+"""
+
+from .context import Context, Reply
+from .errors import Denied, InvalidOutput, NotAvailable, Refused, StepFailed, StepProblem
+from .schemas import PLAN_SCHEMA, REVIEW_SCHEMA
+from .tools import Tool
+
+__all__ = ["Context", "Reply", "Denied", "InvalidOutput", "NotAvailable", "Refused", "StepFailed", "StepProblem",
+           "PLAN_SCHEMA", "REVIEW_SCHEMA", "Tool"]

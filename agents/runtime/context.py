@@ -1,0 +1,500 @@
+"""The context: a program's only door to the world.
+
+Every call a program makes (`ctx.llm`, `ctx.tool`, `ctx.plan`, `ctx.read`,
+`ctx.delegate`) is a *step* with an index in the run:
+
+    gate (request_action) -> wait for a person if pending -> execute -> complete
+    the Action with the provider's usage -> record the result in the step ledger
+
+When a worker takes a run up again (after a crash, an approval, or because the
+previous task handed it on) the program is called again from the start, and
+every step the ledger already holds is *replayed*: its recorded result is
+returned (or its recorded problem raised) without asking the gate or running
+anything. A step whose Action completed is therefore never executed twice. A
+step that was interrupted between the gate and its completion runs again
+under the same Action (the gate's idempotency key is the run, the step and
+the attempt).
+
+Programs must be deterministic given what their steps return: take every
+outside value through the context. A program that asks for something else at
+a recorded step has diverged, and its run fails saying so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import jsonschema
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from audit.services import audit_record
+from governance.exceptions import Conflict
+from governance.gate import complete_action, request_action
+from governance.models import Action, ActionOutcome, ActionStatus
+
+from ..models import AgentRun, RunStatus, RunStep, StepKind, StepStatus, STEP_FINAL
+from . import providers, tools
+from .errors import (PROBLEMS, Abort, Denied, HandOn, Infrastructure, InvalidOutput, NotAllowed, NotAvailable,
+                     Refused, StepFailed, StepProblem, Stopped, WaitForApproval)
+from .providers import RETRY_MARKER, SIMULATED
+from .schemas import PLAN_SCHEMA
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGES = 200
+MAX_MESSAGE_CHARS = 200_000
+MAX_OUTPUT_TOKENS = 1_000_000
+MAX_RESULT_CHARS = 256 * 1024
+SUMMARY_CHARS = 600
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a model step gives back: its text, and the parsed JSON when a response schema was given."""
+
+    text: str
+    data: object = None
+    model: str = ""
+    step: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_micros: int = 0
+    provider: str = ""
+
+
+def _infrastructure(method):
+    """A database failure under a step stops the task (the run is taken up again), whatever the program catches."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except DatabaseError as error:
+            raise Infrastructure(error) from error
+        except SoftTimeLimitExceeded:
+            raise Abort("a step ran past the task's time limit") from None
+
+    return wrapper
+
+
+def _clean_text(value: str) -> str:
+    return value.replace("\x00", "\ufffd")
+
+
+def clean_value(value, depth: int = 0):
+    """What PostgreSQL's jsonb can store and give back unchanged: no NUL, no NaN, string keys, bounded depth."""
+    if depth > 32:
+        return None
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_clean_text(str(k)): clean_value(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_value(v, depth + 1) for v in value]
+    return _clean_text(str(value))
+
+
+def _bounded(value):
+    text = json.dumps(value, default=str)
+    if len(text) <= MAX_RESULT_CHARS:
+        return value
+    if isinstance(value, dict) and isinstance(value.get("text"), str):
+        cut = dict(value, text=value["text"][: MAX_RESULT_CHARS // 2], truncated=True)
+        if len(json.dumps(cut, default=str)) <= MAX_RESULT_CHARS:
+            return cut
+    return {"truncated": True, "preview": text[: MAX_RESULT_CHARS // 2]}
+
+
+def summary(value, limit: int = SUMMARY_CHARS) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    text = _clean_text(" ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fingerprint(kind: str, name: str, payload) -> str:
+    return hashlib.sha256(json.dumps([kind, name, payload], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _messages(messages) -> list[dict]:
+    if not isinstance(messages, (list, tuple)) or not messages or len(messages) > MAX_MESSAGES:
+        raise TypeError(f"messages: a list of 1 to {MAX_MESSAGES} {{role, content}} objects")
+    out = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant") \
+                or not isinstance(message.get("content"), str):
+            raise TypeError("each message: {'role': 'system' | 'user' | 'assistant', 'content': str}")
+        if len(message["content"]) > MAX_MESSAGE_CHARS:
+            raise TypeError(f"a message's content is at most {MAX_MESSAGE_CHARS} characters")
+        out.append({"role": message["role"], "content": _clean_text(message["content"])})
+    return out
+
+
+class Context:
+    """Handed to a program with its objective: `program(ctx, objective)`. See agents/runtime/__init__.py."""
+
+    def __init__(self, *, run: AgentRun, steps: dict[int, RunStep]):
+        self.run_id = str(run.pk)
+        self.objective = run.objective
+        self.agent = run.agent.name
+        self.models = list(run.agent.allowed_models)
+        self.tools = list(run.agent.allowed_tools)
+        self._run = run
+        self._agent = run.agent
+        self._steps = steps
+        self._index = 0
+        self._new = 0
+        self._began = time.monotonic()
+
+    # --- what programs call ------------------------------------------------------------------
+
+    @_infrastructure
+    def llm(self, model: str, messages, max_tokens: int, response_schema: dict | None = None) -> Reply:
+        """Call `model` (through the gate, charged from the provider's usage). With `response_schema`, the answer
+        must be JSON that validates: an answer that does not is rejected and the model asked again (up to
+        WARDEN_RUN_OUTPUT_RETRIES times, told what was wrong); then InvalidOutput."""
+        return self._llm(StepKind.LLM, model, messages, max_tokens, response_schema)
+
+    @_infrastructure
+    def plan(self, objective: str, schema: dict | None = None, *, model: str | None = None,
+             max_tokens: int = 1200) -> dict:
+        """Ask a model for a JSON plan {objective, steps, constraints} (or `schema`), validated before anything else
+        runs; the run page shows it."""
+        schema = schema or PLAN_SCHEMA
+        model = model or (self.models[0] if self.models else "")
+        if not model:
+            raise TypeError("plan(): the agent has no allowed model; pass model=")
+        messages = [
+            {"role": "system", "content": "You are the planner. Break the objective into a short sequence of concrete "
+                                          "steps and state the constraints. Answer with JSON only, matching this "
+                                          f"schema: {json.dumps(schema)}"},
+            {"role": "user", "content": f"Objective: {objective}"},
+        ]
+        reply = self._llm(StepKind.PLAN, model, messages, max_tokens, schema)
+        AgentRun.objects.filter(pk=self._run.pk).update(plan=reply.data)
+        return reply.data
+
+    @_infrastructure
+    def tool(self, name: str, **args) -> dict:
+        """Call a registered tool (http.get, email.send, the deployment's own) through the gate; its result."""
+        if not isinstance(name, str) or not name:
+            raise TypeError("tool(): the tool's name")
+        args = clean_value(args)
+        step, replayed = self._step(StepKind.TOOL, name, args, summary(args))
+        if replayed:
+            return self._replay(step)
+        try:
+            tool = tools.tool_get(name)
+            tools.check_args(tool, args)
+        except Refused as problem:
+            self._refuse(step, problem)
+        context = {"purpose": summary(self.objective, 300), "arguments": summary(args, 500),
+                   "run": {"id": self.run_id, "step": step.index}}
+        while True:
+            action = self._gate(step, tool.action, tool.resource_for(args), context, attempt=0)
+            began = time.monotonic()
+            try:
+                result = tools.execute(tool=tool, args=args, action_id=action.pk, agent_id=self._agent.pk)
+            except NotAllowed:
+                self._lapsed(step)
+                continue
+            except tools.ToolError as error:
+                self._fail(step, action, StepFailed(f"{name} failed: {error}", step=step.index), began)
+            except Refused as problem:  # found out only while running (an e-mail address, a host): nothing was sent
+                self._complete(action, "failed", None, tool_source(tool))
+                self._refuse(step, problem)
+            break
+        result = _bounded(clean_value(result))
+        self._record(step, action, status=StepStatus.SUCCEEDED, usage={"calls": 1}, source=tool_source(tool),
+                     began=began, result=result, output=summary(result), provider="simulated" if tool.simulated else "")
+        return result
+
+    @_infrastructure
+    def read(self, view: str, **filters):
+        """Read rows of a data view (through the gate, with the view's classification)."""
+        step, replayed = self._step(StepKind.READ, str(view), clean_value(filters), summary(filters))
+        if replayed:
+            return self._replay(step)
+        self._refuse(step, NotAvailable("reading data views is not available in this version of Warden: the "
+                                        "registry classifies them, it does not serve their rows yet"))
+
+    @_infrastructure
+    def delegate(self, agent: str, objective: str):
+        """Hand an objective to another agent as a child run, under a delegation."""
+        step, replayed = self._step(StepKind.DELEGATE, str(agent), {"objective": objective}, summary(objective))
+        if replayed:
+            return self._replay(step)
+        self._refuse(step, NotAvailable("delegating to another agent's run is not available in this version of "
+                                        "Warden"))
+
+    # --- the step ledger ---------------------------------------------------------------------
+
+    def _step(self, kind: str, name: str, payload, input_summary: str) -> tuple[RunStep, bool]:
+        index = self._index
+        self._index += 1
+        fingerprint = _fingerprint(kind, name, payload)
+        step = self._steps.get(index)
+        if step is not None and (step.fingerprint != fingerprint or step.kind != kind):
+            raise Abort(f"the program diverged at step {index}: it asked for {kind} {name}, but the run recorded "
+                        f"{step.kind} {step.name} there. Programs must be deterministic; take every outside value "
+                        "through the context")
+        if step is not None and step.status in STEP_FINAL:
+            return step, True
+        self._go_on(index)
+        if step is None:
+            step = RunStep.objects.create(run=self._run, index=index, kind=kind, name=name[:255],
+                                          fingerprint=fingerprint, input_summary=input_summary)
+            self._steps[index] = step
+            self._changed(step)
+        return step, False
+
+    def _go_on(self, index: int) -> None:
+        """Before new work: the run is still wanted, within its limits, and this task still has time."""
+        if index >= settings.WARDEN_RUN_MAX_STEPS:
+            raise Abort(f"the run reached its limit of {settings.WARDEN_RUN_MAX_STEPS} steps (WARDEN_RUN_MAX_STEPS)")
+        if self._new and (self._new >= settings.WARDEN_RUN_STEPS_PER_TASK
+                          or time.monotonic() - self._began > settings.WARDEN_RUN_TASK_SECONDS):
+            raise HandOn()
+        alive = AgentRun.objects.filter(pk=self._run.pk, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
+        if not alive:
+            raise Stopped()
+        self._new += 1
+
+    def _replay(self, step: RunStep):
+        if step.status == StepStatus.SUCCEEDED:
+            if step.kind in (StepKind.LLM, StepKind.PLAN):
+                return self._reply(step)
+            return step.result
+        problem = PROBLEMS.get(step.error_kind, StepProblem)
+        action_id = str(step.action_id) if step.action_id else None
+        raise problem(step.error, step=step.index, reasons=step.reasons, action_id=action_id)
+
+    def _reply(self, step: RunStep) -> Reply:
+        result = step.result or {}
+        return Reply(text=result.get("text", ""), data=result.get("data"), model=step.name, step=step.index,
+                     input_tokens=step.input_tokens, output_tokens=step.output_tokens, cost_micros=step.cost_micros,
+                     provider=step.provider)
+
+    # --- asking the gate ---------------------------------------------------------------------
+
+    def _gate(self, step: RunStep, action: str, resource: str, context: dict, *, attempt: int) -> Action:
+        """The step's Action: asked once per attempt (idempotent), asked anew if the last one lapsed unused."""
+        while True:
+            key = f"run:{self.run_id}:{step.index}:{attempt}:{step.gate_requests}"
+            try:
+                found = request_action(agent=self._agent, action=action, resource=resource, context=context,
+                                       idempotency_key=key)
+            except ValidationError as error:  # the gate cannot judge it (a resource too long ...): nothing ran
+                self._refuse(step, Refused("the gate cannot judge this request: " + "; ".join(error.messages)))
+            except Conflict as error:
+                raise Abort(f"step {step.index} asked the gate differently than before: {error.message}") from None
+            if found.outcome == ActionOutcome.ALLOWED and found.status == ActionStatus.EXPIRED:
+                self._lapsed(step)  # the sweep released it before it ran (a long wait): ask again
+                continue
+            break
+        if found.outcome == ActionOutcome.DENIED:
+            step.action = found
+            self._finish_step(step, status=StepStatus.DENIED, error=f"denied: {'; '.join(found.reasons)}",
+                              error_kind=Denied.kind, reasons=found.reasons)
+            raise Denied(f"denied: {'; '.join(found.reasons)}", step=step.index, reasons=found.reasons,
+                         action_id=str(found.pk))
+        if found.outcome == ActionOutcome.PENDING_APPROVAL:
+            if step.status != StepStatus.WAITING_APPROVAL or step.action_id != found.pk:
+                step.status, step.action = StepStatus.WAITING_APPROVAL, found
+                step.reasons = found.reasons
+                step.save(update_fields=["status", "action", "reasons"])
+                self._changed(step)
+            raise WaitForApproval(found.pk)
+        if step.status == StepStatus.WAITING_APPROVAL or step.action_id != found.pk:
+            step.status, step.action = StepStatus.RUNNING, found
+            step.save(update_fields=["status", "action"])
+            self._changed(step)
+        return found
+
+    def _lapsed(self, step: RunStep) -> None:
+        """The action closed before it ran: stop if the run was cancelled, else ask the gate again."""
+        if AgentRun.objects.filter(pk=self._run.pk).values_list("status", flat=True).first() != RunStatus.RUNNING:
+            raise Stopped()
+        RunStep.objects.filter(pk=step.pk).update(gate_requests=F("gate_requests") + 1)
+        step.gate_requests += 1
+
+    # --- model calls -------------------------------------------------------------------------
+
+    def _llm(self, kind: str, model, messages, max_tokens, response_schema) -> Reply:
+        if not isinstance(model, str) or not model:
+            raise TypeError("llm(): the model's name")
+        messages = _messages(messages)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_OUTPUT_TOKENS:
+            raise TypeError(f"max_tokens: a whole number from 1 to {MAX_OUTPUT_TOKENS}")
+        if response_schema is not None:
+            jsonschema.validators.validator_for(response_schema).check_schema(response_schema)
+        payload = {"messages": messages, "max_tokens": max_tokens, "schema": response_schema}
+        step, replayed = self._step(kind, model, payload, summary(messages[-1]["content"]))
+        if replayed:
+            if step.status == StepStatus.SUCCEEDED:
+                return self._reply(step)
+            self._replay(step)
+        try:
+            upstream = providers.upstream_for(model)
+        except Refused as problem:
+            self._refuse(step, problem)
+        conversation = list(messages)
+        for attempt_record in step.attempts:  # rejected answers so far: the model is told what was wrong
+            if attempt_record.get("rejected"):
+                conversation += _feedback(attempt_record["text"], attempt_record["rejected"])
+        while True:
+            attempt = len(step.attempts)
+            context = {"input_tokens": providers.estimate_input_tokens(conversation), "max_output_tokens": max_tokens,
+                       "purpose": summary(self.objective, 300), "run": {"id": self.run_id, "step": step.index}}
+            action = self._gate(step, "llm.call", model, context, attempt=attempt)
+            began = time.monotonic()
+            try:
+                answer = providers.chat(action_id=action.pk, agent_id=self._agent.pk, model=model,
+                                        messages=conversation, max_tokens=max_tokens,
+                                        response_schema=response_schema, upstream=upstream)
+            except NotAllowed:
+                self._lapsed(step)
+                continue
+            except providers.ProviderError as error:
+                step.retries += error.retries
+                self._fail(step, action, StepFailed(f"{model}: {error}", step=step.index), began,
+                           provider=upstream.label)
+            text = _clean_text(answer.text)
+            data, rejected = None, ""
+            if response_schema is not None:
+                data, rejected = _validate(text, response_schema)
+            source = SIMULATED if answer.provider == SIMULATED else "provider"
+            retrying = bool(rejected) and attempt < settings.WARDEN_RUN_OUTPUT_RETRIES
+            if rejected and not retrying:
+                problem = InvalidOutput(f"{model}'s answer did not validate after {attempt + 1} tries: {rejected}",
+                                        step=step.index)
+                self._record(step, action, status=StepStatus.FAILED, usage=answer.usage, source=source, began=began,
+                             answer=answer, text=text, rejected=rejected, problem=problem)
+                raise problem
+            self._record(step, action, status=StepStatus.RUNNING if retrying else StepStatus.SUCCEEDED,
+                         usage=answer.usage, source=source, began=began, answer=answer, text=text, rejected=rejected,
+                         result=None if retrying else {"text": text, "data": data}, output=summary(text))
+            if retrying:
+                conversation += _feedback(text, rejected)
+                continue
+            return self._reply(step)
+
+    # --- recording ---------------------------------------------------------------------------
+
+    def _complete(self, action: Action, status: str, usage: dict | None, source: str) -> Action:
+        return complete_action(action=action, status=status, usage=usage, usage_source=source)
+
+    def _record(self, step: RunStep, action: Action, *, status: str, usage, source: str, began: float,
+                answer: providers.Answer | None = None, text: str = "", rejected: str = "", result=None,
+                output: str = "", problem: StepProblem | None = None, provider: str = "") -> None:
+        """Complete the action and write the step, in one transaction: either both happened or neither."""
+        with transaction.atomic():
+            completed = self._complete(action, "succeeded", usage, source)
+            cost = completed.actual_cost_micros or 0
+            entry = {"action": str(action.pk), "cost_micros": cost, "usage_source": source,
+                     "input_tokens": (usage or {}).get("input_tokens"), "output_tokens": (usage or {}).get("output_tokens")}
+            if answer is not None:
+                entry.update(provider_model=summary(answer.reported_model, 100), retries=answer.retries)
+                step.retries += answer.retries
+                step.provider = answer.provider
+            elif provider:
+                step.provider = provider
+            if rejected:
+                # the whole answer: the next attempt is rebuilt from it, and must ask the gate exactly as before
+                entry.update(rejected=summary(rejected, 1000), text=text[:MAX_RESULT_CHARS])
+                step.retries += 1
+            step.attempts = [*step.attempts, entry]
+            step.input_tokens += (usage or {}).get("input_tokens", 0) or 0
+            step.output_tokens += (usage or {}).get("output_tokens", 0) or 0
+            step.cost_micros += cost
+            step.duration_ms += int((time.monotonic() - began) * 1000)
+            step.action = action
+            if output:
+                step.output_summary = output
+            fields = ["attempts", "input_tokens", "output_tokens", "cost_micros", "duration_ms", "action", "retries",
+                      "provider", "output_summary"]
+            if result is not None:
+                step.result = result
+                fields.append("result")
+            if status != StepStatus.RUNNING:
+                self._finish_step(step, status=status, error=problem.message if problem else "",
+                                  error_kind=problem.kind if problem else "", extra=fields)
+            else:
+                step.save(update_fields=fields)
+                self._changed(step)
+            AgentRun.objects.filter(pk=self._run.pk).update(cost_micros=F("cost_micros") + cost,
+                                                            heartbeat_at=timezone.now())
+
+    def _fail(self, step: RunStep, action: Action, problem: StepProblem, began: float, provider: str = "") -> None:
+        """It was allowed and did not work: the action completes as failed (its reservation released)."""
+        with transaction.atomic():
+            self._complete(action, "failed", None, "warden")
+            step.action = action
+            step.provider = provider or step.provider
+            step.duration_ms += int((time.monotonic() - began) * 1000)
+            step.attempts = [*step.attempts, {"action": str(action.pk), "failed": summary(problem.message, 1000)}]
+            self._finish_step(step, status=StepStatus.FAILED, error=problem.message, error_kind=problem.kind,
+                              extra=["action", "provider", "duration_ms", "attempts", "retries"])
+        raise problem
+
+    def _refuse(self, step: RunStep, problem: Refused) -> None:
+        """Nothing was asked of the gate, nothing ran: recorded on the step and in the audit log."""
+        with transaction.atomic():
+            self._finish_step(step, status=StepStatus.REFUSED, error=problem.message, error_kind=problem.kind)
+            audit_record(action="run.step.refuse", actor=self._agent, agent=self._agent,
+                         resource=f"run:{self.run_id}", outcome="refused", reasons=[problem.message],
+                         payload={"run_id": self.run_id, "step": step.index, "kind": step.kind, "name": step.name})
+        problem.step = step.index
+        raise problem
+
+    def _finish_step(self, step: RunStep, *, status: str, error: str = "", error_kind: str = "", reasons=None,
+                     extra=()) -> None:
+        now = timezone.now()
+        step.status, step.error, step.error_kind, step.finished_at = status, error[:4000], error_kind, now
+        if reasons is not None:
+            step.reasons = list(reasons)
+        step.save(update_fields=["status", "error", "error_kind", "finished_at", "reasons", "action", *extra])
+        AgentRun.objects.filter(pk=self._run.pk).update(steps_done=F("steps_done") + 1, heartbeat_at=now)
+        self._changed(step)
+
+    def _changed(self, step: RunStep) -> None:
+        from .live import run_changed_on_commit
+
+        run_changed_on_commit(self._run.pk, step=step.index)
+
+
+def tool_source(tool) -> str:
+    return SIMULATED if tool.simulated else "warden"
+
+
+def _validate(text: str, schema: dict) -> tuple[object, str]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        return None, f"not JSON ({error.msg} at character {error.pos})"
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "the answer"
+        return None, f"{where}: {error.message}"
+    return clean_value(data), ""
+
+
+def _feedback(text: str, rejected: str) -> list[dict]:
+    return [{"role": "assistant", "content": text},
+            {"role": "user", "content": f"{RETRY_MARKER} against the schema: {rejected}. Answer again with JSON only."}]

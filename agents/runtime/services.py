@@ -1,0 +1,236 @@
+"""Writes of the runtime: starting, cancelling, resuming, recovering and scheduling runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from governance.context import correlation_scope, get_correlation_id, new_correlation_id
+from governance.exceptions import Conflict
+from governance.payloads import text_problem
+
+from ..models import RUN_ACTIVE, Agent, AgentRun, AgentStatus, RunSchedule, RunSource, RunStatus, RunStep, StepStatus
+from .live import run_changed_on_commit
+from .programs import program_load
+
+logger = logging.getLogger(__name__)
+
+MAX_OBJECTIVE = 4000
+
+
+def run_enqueue_on_commit(run_id) -> None:
+    """Send the run to a worker once this transaction commits. If Redis cannot take it, the recovery sweep
+    sends it later: robust, so a broker outage never fails the request that started or resumed a run."""
+    from agents.tasks import run_advance_task
+
+    transaction.on_commit(lambda: run_advance_task.delay(str(run_id)), robust=True)
+
+
+def _objective(objective) -> str:
+    if not isinstance(objective, str) or not objective.strip():
+        raise ValidationError({"objective": "Say what the run should achieve."})
+    objective = objective.strip()
+    if len(objective) > MAX_OBJECTIVE:
+        raise ValidationError({"objective": f"At most {MAX_OBJECTIVE} characters."})
+    if text_problem(objective):
+        raise ValidationError({"objective": "Text without NUL characters."})
+    return objective
+
+
+@transaction.atomic
+def run_start(*, agent: Agent, objective: str, by=None, source: str = RunSource.API,
+              schedule: RunSchedule | None = None) -> AgentRun:
+    """Queue a run of the agent's program; a worker takes it up once this commits."""
+    objective = _objective(objective)
+    agent = Agent.objects.select_related("team").get(pk=agent.pk)
+    if not agent.program:
+        raise ValidationError({"agent": f"{agent.name} has no program: it runs elsewhere and asks the gate over "
+                                        "the API. Give it a program to run it here."})
+    program_load(agent.program)  # still on the allow-list
+    if agent.status != AgentStatus.ACTIVE:
+        raise Conflict(f"{agent.name} is {agent.status}: only an active agent can run.", code="agent_not_active")
+    # Each run is its own trace: its start, every step and its end share one correlation id of their own
+    # (a beat tick that starts several runs must not weave them into one).
+    requested_in = get_correlation_id() or ""
+    run = AgentRun.objects.create(agent=agent, program=agent.program, objective=objective, source=source,
+                                  started_by=by, schedule=schedule, correlation_id=new_correlation_id())
+    with correlation_scope(run.correlation_id):
+        audit_record(action="run.start", actor=by, agent=agent, resource=f"run:{run.pk}", outcome="queued",
+                     payload={"run_id": str(run.pk), "program": agent.program, "source": source,
+                              "objective": objective[:500], "schedule_id": schedule.pk if schedule else None,
+                              "requested_in": requested_in})
+    run_enqueue_on_commit(run.pk)
+    run_changed_on_commit(run.pk, status=run.status)
+    return run
+
+
+def _close_steps(run_ids: list, reason: str) -> list:
+    """Mark the open steps of cancelled runs; the Actions they hold or wait on."""
+    open_steps = list(RunStep.objects.filter(run_id__in=run_ids,
+                                             status__in=[StepStatus.RUNNING, StepStatus.WAITING_APPROVAL]))
+    now = timezone.now()
+    for step in open_steps:
+        step.status, step.error, step.finished_at = StepStatus.CANCELLED, reason[:4000], now
+        step.save(update_fields=["status", "error", "finished_at"])
+    return [step.action_id for step in open_steps if step.action_id]
+
+
+def _cancel_runs(runs: list[AgentRun], *, by, reason: str) -> list:
+    now = timezone.now()
+    cancelled, action_ids = [], []
+    for run in runs:
+        done = AgentRun.objects.filter(pk=run.pk, status__in=RUN_ACTIVE).update(
+            status=RunStatus.CANCELLED, error=reason[:4000], finished_at=now, heartbeat_at=now, cancelled_by=by)
+        if not done:
+            continue
+        cancelled.append(run)
+        with correlation_scope(run.correlation_id):  # in the run's own trace
+            audit_record(action="run.cancel", actor=by, agent=run.agent, resource=f"run:{run.pk}",
+                         outcome="cancelled", reasons=[reason], cost_micros=run.cost_micros,
+                         payload={"run_id": str(run.pk), "program": run.program})
+        run_changed_on_commit(run.pk, status=RunStatus.CANCELLED)
+    action_ids = _close_steps([run.pk for run in cancelled], reason)
+    return action_ids
+
+
+def run_cancel(*, run: AgentRun, by, reason: str = "") -> AgentRun:
+    """Stop a run at its next step. What its step in flight holds is released (an Action it was allowed and
+    has not completed is cancelled; one waiting for a person is withdrawn); money already spent stays spent.
+
+    Two transactions, as a suspension: the run's status first (its worker sees it at the next step), then
+    the approvals and actions, locked in the order the gate and the sweep lock them.
+    """
+    from governance.approvals import approvals_withdraw
+    from governance.gate import actions_cancel
+
+    reason = (reason or "").strip()[:500] or "cancelled"
+    with transaction.atomic():
+        locked = AgentRun.objects.select_for_update(of=("self",), no_key=True).select_related("agent__team").get(pk=run.pk)
+        if locked.status not in RUN_ACTIVE:
+            raise Conflict(f"This run is {locked.status} already.", code="run_finished")
+        who = by.get_username() if by is not None else "the system"
+        action_ids = _cancel_runs([locked], by=by, reason=f"cancelled by {who}: {reason}")
+    if action_ids:
+        with correlation_scope(locked.correlation_id):
+            approvals_withdraw(agent=locked.agent, reason=f"run {locked.pk} was cancelled", action_ids=action_ids)
+            actions_cancel(agent=locked.agent, by=by, reason=f"run {locked.pk} was cancelled", action_ids=action_ids)
+    return AgentRun.objects.get(pk=run.pk)
+
+
+@transaction.atomic
+def runs_cancel_for_agent(*, agent: Agent, by, reason: str) -> int:
+    """The kill switch's part in the runtime: every active run of the agent stops at once (its open actions
+    and approvals are cancelled by agent_suspend / agent_retire right after)."""
+    runs = list(AgentRun.objects.select_for_update(of=("self",), no_key=True).select_related("agent__team")
+                .filter(agent=agent, status__in=RUN_ACTIVE).order_by("pk"))
+    _cancel_runs(runs, by=by, reason=reason)
+    return len(runs)
+
+
+def runs_resume_on_commit(action_id) -> None:
+    """An approval was decided (or withdrawn, or expired): runs waiting on its action go on (approve) or meet
+    the denial (deny, expire) as soon as this commits."""
+
+    def resume():
+        from agents.tasks import run_advance_task
+
+        for run_id in (RunStep.objects.filter(action_id=action_id, status=StepStatus.WAITING_APPROVAL)
+                       .values_list("run_id", flat=True)):
+            try:
+                run_advance_task.delay(str(run_id))
+            except Exception:  # Redis down: the recovery sweep resumes it
+                logger.warning("could not send run %s on; the recovery sweep will", run_id, exc_info=True)
+
+    transaction.on_commit(resume, robust=True)
+
+
+def runs_recover(*, now: dt.datetime | None = None, limit: int = 200) -> int:
+    """Beat: send again every run that should be moving and is not (its message was lost with Redis, or its
+    worker host died): queued or running, held by no worker, quiet for WARDEN_RUN_STALL_SECONDS; and waiting
+    runs whose approval has been decided. Repeats are harmless (runner.py)."""
+    from agents.tasks import run_advance_task
+    from governance.models import ActionOutcome
+
+    from .runner import run_is_held
+
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(seconds=settings.WARDEN_RUN_STALL_SECONDS)
+    stalled = list(AgentRun.objects.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING], heartbeat_at__lt=cutoff)
+                   .order_by("heartbeat_at").values_list("pk", flat=True)[:limit])
+    decided = list(RunStep.objects.filter(status=StepStatus.WAITING_APPROVAL, run__status=RunStatus.WAITING_APPROVAL)
+                   .exclude(action__outcome=ActionOutcome.PENDING_APPROVAL)
+                   .values_list("run_id", flat=True)[:limit])
+    sent = 0
+    for run_id in dict.fromkeys([*stalled, *decided]):
+        if run_is_held(run_id):
+            continue
+        run_advance_task.delay(str(run_id))
+        sent += 1
+    if sent:
+        logger.info("recovery sweep sent %s run(s) on", sent)
+    return sent
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+
+def runs_schedule(*, now: dt.datetime | None = None) -> int:
+    """Beat: start the runs that are due. Never two of one schedule at once; demo schedules only while
+    WARDEN_DEMO_TRAFFIC is on. A schedule whose agent cannot run now waits for its next turn."""
+    now = now or timezone.now()
+    started = 0
+    due = RunSchedule.objects.filter(enabled=True, next_run_at__lte=now)
+    if not settings.WARDEN_DEMO_TRAFFIC:
+        due = due.filter(demo=False)
+    for schedule_id in list(due.order_by("next_run_at").values_list("pk", flat=True)[:100]):
+        with transaction.atomic():
+            schedule = (RunSchedule.objects.select_for_update(skip_locked=True).select_related("agent")
+                        .filter(pk=schedule_id, enabled=True, next_run_at__lte=now).first())
+            if schedule is None:
+                continue
+            schedule.next_run_at = now + dt.timedelta(seconds=schedule.interval_seconds)
+            schedule.save(update_fields=["next_run_at"])
+            if schedule.runs.filter(status__in=RUN_ACTIVE).exists():
+                continue
+            try:
+                with transaction.atomic():
+                    run_start(agent=schedule.agent, objective=schedule.objective, source=RunSource.SCHEDULE,
+                              schedule=schedule)
+                started += 1
+            except (ValidationError, Conflict) as problem:
+                logger.info("schedule %s did not start a run: %s", schedule.pk, problem)
+    return started
+
+
+@transaction.atomic
+def schedule_create(*, agent: Agent, objective: str, interval_seconds: int, by, demo: bool = False,
+                    first_run_at: dt.datetime | None = None) -> RunSchedule:
+    objective = _objective(objective)
+    if isinstance(interval_seconds, bool) or not isinstance(interval_seconds, int) or not 60 <= interval_seconds <= 31 * 86400:
+        raise ValidationError({"interval_seconds": "Between 60 seconds and 31 days."})
+    if not agent.program:
+        raise ValidationError({"agent": f"{agent.name} has no program to run on a schedule."})
+    schedule = RunSchedule.objects.create(agent=agent, objective=objective, interval_seconds=interval_seconds,
+                                          demo=demo, created_by=by, next_run_at=first_run_at or timezone.now())
+    audit_record(action="run.schedule.create", actor=by, agent=agent, resource=f"schedule:{schedule.pk}",
+                 payload={"objective": objective[:500], "interval_seconds": interval_seconds, "demo": demo})
+    return schedule
+
+
+@transaction.atomic
+def schedule_set_enabled(*, schedule: RunSchedule, enabled: bool, by) -> RunSchedule:
+    schedule = RunSchedule.objects.select_for_update().select_related("agent").get(pk=schedule.pk)
+    if schedule.enabled != enabled:
+        schedule.enabled = enabled
+        if enabled:
+            schedule.next_run_at = timezone.now()
+        schedule.save(update_fields=["enabled", "next_run_at"])
+        audit_record(action=f"run.schedule.{'enable' if enabled else 'disable'}", actor=by, agent=schedule.agent,
+                     resource=f"schedule:{schedule.pk}", payload={"objective": schedule.objective[:200]})
+    return schedule

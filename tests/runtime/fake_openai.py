@@ -1,0 +1,88 @@
+"""A local server that speaks the OpenAI chat-completions protocol, for tests (no network but loopback).
+
+It answers every POST /v1/chat/completions with a scripted reply (or the default one), records each call
+(body and the X-Warden-Action header) and can be made slow, fail, or hang.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeOpenAI:
+    def __init__(self):
+        self.calls: list[dict] = []
+        self.script: collections.deque = collections.deque()
+        self.delay = 0.0
+        self.lock = threading.Lock()
+        self.url = ""
+
+    def reply(self, status: int = 200, body: dict | str | None = None, headers: dict | None = None,
+              delay: float = 0.0) -> None:
+        """Queue the answer to the next call (then the default: a short valid completion)."""
+        self.script.append((status, body, headers or {}, delay))
+
+    def per_action(self) -> collections.Counter:
+        return collections.Counter(call["action"] for call in self.calls)
+
+    def completion(self, request: dict) -> dict:
+        content = "fake answer to: " + request["messages"][-1]["content"][:40]
+        if request.get("response_format", {}).get("type") == "json_schema":
+            content = json.dumps({"approved": True, "score": 4, "notes": "fine"})
+        return {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
+                "model": request["model"] + "-2026-01-01",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": 21, "completion_tokens": 7, "total_tokens": 28}}
+
+
+def _handler(fake: FakeOpenAI):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length", 0))
+            request = json.loads(self.rfile.read(length) or b"{}")
+            with fake.lock:
+                fake.calls.append({"path": self.path, "body": request, "action": self.headers.get("X-Warden-Action"),
+                                   "authorization": self.headers.get("Authorization")})
+                status, body, headers, delay = fake.script.popleft() if fake.script else (200, None, {}, 0.0)
+            time.sleep(delay or fake.delay)
+            if body is None:
+                body = fake.completion(request)
+            raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(raw)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a timeout test)
+
+    return Handler
+
+
+@contextmanager
+def fake_openai():
+    fake = FakeOpenAI()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_port}/v1"
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,89 @@
+"""Programs the runtime tests run (on the allow-list through tests/runtime/conftest.py)."""
+
+from __future__ import annotations
+
+from agents.runtime import Denied, PLAN_SCHEMA, REVIEW_SCHEMA
+
+
+def ask(ctx, objective):
+    """One model call."""
+    return ctx.llm("gpt-4o-mini", [{"role": "user", "content": objective}], max_tokens=50).text
+
+
+def steps(ctx, objective):
+    """As many model calls as the objective says, each seeing the last answer."""
+    last = "start"
+    for number in range(int(objective)):
+        last = ctx.llm("gpt-4o-mini", [{"role": "user", "content": f"step {number} after: {last[:200]}"}],
+                       max_tokens=40).text
+    return {"steps": int(objective), "last": last}
+
+
+def careful(ctx, objective):
+    """The big model first; if that is denied, the small one."""
+    try:
+        reply = ctx.llm("gpt-4o", [{"role": "user", "content": objective}], max_tokens=100)
+    except Denied as denial:
+        reply = ctx.llm("gpt-4o-mini", [{"role": "user", "content": objective}], max_tokens=100)
+        return {"model": reply.model, "fallback_because": denial.reasons}
+    return {"model": reply.model}
+
+
+def big(ctx, objective):
+    """The big model, no fallback."""
+    return ctx.llm("gpt-4o", [{"role": "user", "content": objective}], max_tokens=100).text
+
+
+def structured(ctx, objective):
+    return ctx.llm("gpt-4o-mini", [{"role": "user", "content": objective}], max_tokens=200,
+                   response_schema=REVIEW_SCHEMA).data
+
+
+def planned(ctx, objective):
+    plan = ctx.plan(objective, model="gpt-4o-mini")
+    done = [ctx.llm("gpt-4o-mini", [{"role": "user", "content": step}], max_tokens=30).text for step in plan["steps"]]
+    return {"steps": len(done)}
+
+
+def endless(ctx, objective):
+    while True:
+        ctx.llm("gpt-4o-mini", [{"role": "user", "content": "again"}], max_tokens=5)
+
+
+COUNTER = {"n": 0}
+
+
+def fickle(ctx, objective):
+    """Asks something different each time it is called: not deterministic."""
+    COUNTER["n"] += 1
+    ctx.llm("gpt-4o-mini", [{"role": "user", "content": f"call {COUNTER['n']}"}], max_tokens=5)
+    ctx.llm("gpt-4o-mini", [{"role": "user", "content": "and then"}], max_tokens=5)
+    raise RuntimeError("stop here")
+
+
+def reader(ctx, objective):
+    return ctx.read("crm", plan="pro")
+
+
+def fetch(ctx, objective):
+    return ctx.tool("http.get", url=objective)
+
+
+def mailer(ctx, objective):
+    return ctx.tool("email.send", to=objective, subject="Hello", body="From a governed agent.")
+
+
+def searcher(ctx, objective):
+    return ctx.tool("search", query=objective)
+
+
+def swallow(ctx, objective):
+    """Catches everything it can around its steps: a cancellation must still stop it."""
+    done = 0
+    for _ in range(int(objective)):
+        try:
+            ctx.llm("gpt-4o-mini", [{"role": "user", "content": f"n{done}"}], max_tokens=5)
+            done += 1
+        except Exception:  # noqa: BLE001 - the point of this program
+            pass
+    return done
