@@ -31,7 +31,7 @@ from audit.services import audit_record
 from .access import FINANCE, user_groups
 from .context import correlation_scope
 from .exceptions import Conflict, NotAllowed
-from .models import (Action, ActionOutcome, ActionStatus, Approval, ApprovalDecision, ApprovalKind, ApprovalStatus,
+from .models import (Action, ActionOutcome, Approval, ApprovalDecision, ApprovalKind, ApprovalStatus,
                      ApprovalVerdict)
 from .payloads import clean_text
 from .selectors import approval_may_decide, usable_now as _usable_now

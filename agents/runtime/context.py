@@ -22,7 +22,6 @@ a recorded step has diverged, and its run fails saying so.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import json

@@ -106,7 +106,7 @@ def _execute(run: AgentRun) -> str:
     ctx = Context(run=run, steps=steps)
     try:
         result = program(ctx, run.objective)
-    except WaitForApproval as waiting:
+    except WaitForApproval:
         AgentRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(status=RunStatus.WAITING_APPROVAL,
                                                                            heartbeat_at=timezone.now())
         run_changed_on_commit(run.pk, status=RunStatus.WAITING_APPROVAL)

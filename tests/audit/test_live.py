@@ -10,6 +10,7 @@ from channels.routing import URLRouter
 from django.db import transaction
 
 from audit.routing import websocket_urlpatterns
+from tests.sockets import run_scenario
 
 
 class Socket(ApplicationCommunicator):
@@ -56,19 +57,7 @@ def communicator(user, query=""):
 
 
 def run(coro):
-    """asyncio.run, except that tasks left behind (a consumer still reading the channel layer) get five
-    seconds to take their cancellation, not for ever: once, in a full run, one never returned."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.wait(pending, timeout=5))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+    return run_scenario(coro)
 
 
 @pytest.mark.django_db(transaction=True)

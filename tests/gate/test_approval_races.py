@@ -16,6 +16,7 @@ from governance.exceptions import Conflict
 from governance.models import Action, Approval, ApprovalDecision
 from governance.gate import request_action
 from tests.conftest import make_user
+from tests.sockets import run_scenario
 
 PRICEY = {"input_tokens": 1000, "max_output_tokens": 1000}
 
@@ -301,9 +302,7 @@ def test_the_live_queue_stops_for_someone_who_lost_access(escalated, personas, h
         closed = await socket.receive_output(5)
         assert closed == {"type": "websocket.close", "code": 4403}
 
-    loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(scenario())
+        run_scenario(scenario())
     finally:
-        loop.close()
         connection.close()

@@ -32,7 +32,7 @@ ACTOR_BY_PREFIX = [
 @pytest.fixture
 def world(bot, policy, personas, data_views, api_for):
     """One of everything a path can name, so requests get past the 404 to the validation."""
-    from agents.models import AgentKey
+    from agents.models import AgentKey, AgentRun
     from agents.services import delegation_create
     from billing.services import budget_create
     from governance.models import RoleGrant
@@ -46,11 +46,15 @@ def world(bot, policy, personas, data_views, api_for):
     action_id = ask(bot).json()["id"]
     policy("held", '@escalate("admin")\nforbid(principal, action, resource == Model::"gpt-4o");')
     approval_id = ask(bot, resource="gpt-4o").json()["approval"]["id"]
+    # A run made directly: these requests are about the API's input, not about a worker taking the run up.
+    run = AgentRun.objects.create(agent=agent, program="tests.runtime.programs.ask", objective="bad input",
+                                  source="api", correlation_id="bad-input")
     return {
         "clients": {name: api_for(name) for name in ("admin", "finance", "security")} | {"agent": bot},
         "path": {"agent_id": agent.pk, "key_id": AgentKey.objects.filter(agent=agent).first().pk, "name": "all",
                  "budget_id": budget.pk, "action_id": action_id, "delegation_id": delegation.pk,
-                 "grant_id": RoleGrant.objects.filter(agent=agent).first().pk, "approval_id": approval_id},
+                 "grant_id": RoleGrant.objects.filter(agent=agent).first().pk, "approval_id": approval_id,
+                 "run_id": run.pk},
     }
 
 

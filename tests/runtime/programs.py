@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents.runtime import Denied, PLAN_SCHEMA, REVIEW_SCHEMA
+from agents.runtime import Denied, REVIEW_SCHEMA
 
 
 def ask(ctx, objective):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 
@@ -13,6 +12,7 @@ from django.utils import timezone
 
 from agents.models import AgentRun, RunSchedule
 from audit.models import AuditEvent
+from tests.sockets import run_scenario
 
 from .conftest import drive
 
@@ -155,9 +155,7 @@ def test_the_live_run_socket_says_which_run_changed_and_stops_for_someone_who_lo
         assert await socket.receive_output(5) == {"type": "websocket.close", "code": 4403}
         await sync_to_async(lambda: connection.close())()  # the executor thread's own connection
 
-    loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(scenario())
+        run_scenario(scenario())
     finally:
-        loop.close()
         connection.close()
