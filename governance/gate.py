@@ -479,6 +479,14 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
 
 
 COMPLETION_STATUSES = (ActionStatus.SUCCEEDED, ActionStatus.FAILED)
+
+# Idempotency keys of this prefix belong to Warden's runtime (agents/runtime): its steps' Actions. An agent may not
+# use them over the REST API (it could take over a step's Action), nor complete such an Action with its own claims.
+RUNTIME_KEY_PREFIX = "run:"
+
+
+def is_runtime_action(action: Action) -> bool:
+    return (action.idempotency_key or "").startswith(RUNTIME_KEY_PREFIX)
 CLOSED_STATUSES = (ActionStatus.EXPIRED, ActionStatus.CANCELLED)
 USAGE_SOURCES = ("agent", "provider", "warden", "simulated")  # simulated: the offline provider or a demo tool
 

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -40,13 +41,15 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from governance.exceptions import Conflict
-from governance.gate import complete_action, request_action
+from governance.gate import RUNTIME_KEY_PREFIX, actions_cancel, complete_action, request_action
 from governance.models import Action, ActionOutcome, ActionStatus
 
 from ..models import AgentRun, RunStatus, RunStep, StepKind, StepStatus, STEP_FINAL
 from . import providers, tools
 from .errors import (PROBLEMS, Abort, Denied, HandOn, Infrastructure, InvalidOutput, NotAllowed, NotAvailable,
                      Refused, StepFailed, StepProblem, Stopped, WaitForApproval)
+
+SIGNALS = (WaitForApproval, Stopped, HandOn, Abort, Infrastructure)
 from .providers import RETRY_MARKER, SIMULATED
 from .schemas import PLAN_SCHEMA
 
@@ -56,6 +59,7 @@ MAX_MESSAGES = 200
 MAX_MESSAGE_CHARS = 200_000
 MAX_OUTPUT_TOKENS = 1_000_000
 MAX_RESULT_CHARS = 256 * 1024
+MAX_SCHEMA_CHARS = 20_000  # a response schema is sent to the model (and billed as input): kept small
 SUMMARY_CHARS = 600
 
 
@@ -74,22 +78,42 @@ class Reply:
 
 
 def _infrastructure(method):
-    """A database failure under a step stops the task (the run is taken up again), whatever the program catches."""
+    """A database failure under a step stops the task (the run is taken up again), whatever the program catches.
+
+    The runtime's signals (wait for a person, stop, hand on, abort, infrastructure) are BaseExceptions so that
+    `except Exception` in a program lets them through; one that a program swallows anyway (a bare `except:`)
+    is raised again by its next call to the context, and by the runner when the program returns.
+    """
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        if self._signal is not None:
+            raise self._signal
         try:
             return method(self, *args, **kwargs)
         except DatabaseError as error:
-            raise Infrastructure(error) from error
+            self._signal = Infrastructure(error)
         except SoftTimeLimitExceeded:
-            raise Abort("a step ran past the task's time limit") from None
+            self._signal = Abort("a step ran past the task's time limit")
+        except SIGNALS as signal:
+            self._signal = signal
+        raise self._signal
 
     return wrapper
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # PostgreSQL refuses NUL; UTF-8 has no lone surrogates
+
+
 def _clean_text(value: str) -> str:
-    return value.replace("\x00", "\ufffd")
+    return _UNSTORABLE.sub("\ufffd", value)
+
+
+def _name(value, what: str) -> str:
+    """A model's, tool's, view's or agent's name as a program gives it: checked before it is stored anywhere."""
+    if not isinstance(value, str) or not 0 < len(value) <= 255 or not value.isprintable():
+        raise TypeError(f"{what}: a name of 1 to 255 printable characters")
+    return value
 
 
 def clean_value(value, depth: int = 0):
@@ -159,6 +183,12 @@ class Context:
         self._index = 0
         self._new = 0
         self._began = time.monotonic()
+        self._signal: BaseException | None = None
+
+    def raise_signal(self) -> None:
+        """The runner, after the program returned: a signal the program swallowed still counts."""
+        if self._signal is not None:
+            raise self._signal
 
     # --- what programs call ------------------------------------------------------------------
 
@@ -191,8 +221,7 @@ class Context:
     @_infrastructure
     def tool(self, name: str, **args) -> dict:
         """Call a registered tool (http.get, email.send, the deployment's own) through the gate; its result."""
-        if not isinstance(name, str) or not name:
-            raise TypeError("tool(): the tool's name")
+        name = _name(name, "tool()")
         args = clean_value(args)
         step, replayed = self._step(StepKind.TOOL, name, args, summary(args))
         if replayed:
@@ -219,14 +248,14 @@ class Context:
                 self._refuse(step, problem)
             break
         result = _bounded(clean_value(result))
-        self._record(step, action, status=StepStatus.SUCCEEDED, usage={"calls": 1}, source=tool_source(tool),
-                     began=began, result=result, output=summary(result), provider="simulated" if tool.simulated else "")
+        self._record(step, action, usage={"calls": 1}, source=tool_source(tool), began=began, result=result,
+                     provider="simulated" if tool.simulated else "")
         return result
 
     @_infrastructure
     def read(self, view: str, **filters):
         """Read rows of a data view (through the gate, with the view's classification)."""
-        step, replayed = self._step(StepKind.READ, str(view), clean_value(filters), summary(filters))
+        step, replayed = self._step(StepKind.READ, _name(view, "read()"), clean_value(filters), summary(filters))
         if replayed:
             return self._replay(step)
         self._refuse(step, NotAvailable("reading data views is not available in this version of Warden: the "
@@ -235,7 +264,8 @@ class Context:
     @_infrastructure
     def delegate(self, agent: str, objective: str):
         """Hand an objective to another agent as a child run, under a delegation."""
-        step, replayed = self._step(StepKind.DELEGATE, str(agent), {"objective": objective}, summary(objective))
+        step, replayed = self._step(StepKind.DELEGATE, _name(agent, "delegate()"), {"objective": clean_value(objective)},
+                                    summary(objective))
         if replayed:
             return self._replay(step)
         self._refuse(step, NotAvailable("delegating to another agent's run is not available in this version of "
@@ -294,7 +324,7 @@ class Context:
     def _gate(self, step: RunStep, action: str, resource: str, context: dict, *, attempt: int) -> Action:
         """The step's Action: asked once per attempt (idempotent), asked anew if the last one lapsed unused."""
         while True:
-            key = f"run:{self.run_id}:{step.index}:{attempt}:{step.gate_requests}"
+            key = f"{RUNTIME_KEY_PREFIX}{self.run_id}:{step.index}:{attempt}:{step.gate_requests}"
             try:
                 found = request_action(agent=self._agent, action=action, resource=resource, context=context,
                                        idempotency_key=key)
@@ -312,6 +342,9 @@ class Context:
                               error_kind=Denied.kind, reasons=found.reasons)
             raise Denied(f"denied: {'; '.join(found.reasons)}", step=step.index, reasons=found.reasons,
                          action_id=str(found.pk))
+        if found.outcome in (ActionOutcome.ALLOWED, ActionOutcome.PENDING_APPROVAL) and not AgentRun.objects.filter(
+                pk=self._run.pk, status=RunStatus.RUNNING).exists():
+            self._withdraw(found)
         if found.outcome == ActionOutcome.PENDING_APPROVAL:
             if step.status != StepStatus.WAITING_APPROVAL or step.action_id != found.pk:
                 step.status, step.action = StepStatus.WAITING_APPROVAL, found
@@ -325,6 +358,16 @@ class Context:
             self._changed(step)
         return found
 
+    def _withdraw(self, action: Action) -> None:
+        """The run was cancelled while the gate decided: nothing runs, and what the decision holds is released
+        (the cancellation may have looked for it before it was committed)."""
+        from governance.approvals import approvals_withdraw
+
+        reason = f"run {self.run_id} was cancelled"
+        approvals_withdraw(agent=self._agent, reason=reason, action_ids=[action.pk])
+        actions_cancel(agent=self._agent, by=None, reason=reason, action_ids=[action.pk])
+        raise Stopped()
+
     def _lapsed(self, step: RunStep) -> None:
         """The action closed before it ran: stop if the run was cancelled, else ask the gate again."""
         if AgentRun.objects.filter(pk=self._run.pk).values_list("status", flat=True).first() != RunStatus.RUNNING:
@@ -335,12 +378,17 @@ class Context:
     # --- model calls -------------------------------------------------------------------------
 
     def _llm(self, kind: str, model, messages, max_tokens, response_schema) -> Reply:
-        if not isinstance(model, str) or not model:
-            raise TypeError("llm(): the model's name")
+        model = _name(model, "llm(): the model")
         messages = _messages(messages)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_OUTPUT_TOKENS:
             raise TypeError(f"max_tokens: a whole number from 1 to {MAX_OUTPUT_TOKENS}")
+        schema_text = ""
         if response_schema is not None:
+            if not isinstance(response_schema, dict):
+                raise TypeError("response_schema: a JSON schema (a dict)")
+            schema_text = json.dumps(response_schema)
+            if len(schema_text) > MAX_SCHEMA_CHARS:
+                raise TypeError(f"response_schema: at most {MAX_SCHEMA_CHARS} characters of JSON")
             jsonschema.validators.validator_for(response_schema).check_schema(response_schema)
         payload = {"messages": messages, "max_tokens": max_tokens, "schema": response_schema}
         step, replayed = self._step(kind, model, payload, summary(messages[-1]["content"]))
@@ -357,91 +405,133 @@ class Context:
             if attempt_record.get("rejected"):
                 conversation += _feedback(attempt_record["text"], attempt_record["rejected"])
         while True:
-            attempt = len(step.attempts)
-            context = {"input_tokens": providers.estimate_input_tokens(conversation), "max_output_tokens": max_tokens,
-                       "purpose": summary(self.objective, 300), "run": {"id": self.run_id, "step": step.index}}
-            action = self._gate(step, "llm.call", model, context, attempt=attempt)
-            began = time.monotonic()
-            try:
-                answer = providers.chat(action_id=action.pk, agent_id=self._agent.pk, model=model,
-                                        messages=conversation, max_tokens=max_tokens,
-                                        response_schema=response_schema, upstream=upstream)
-            except NotAllowed:
-                self._lapsed(step)
-                continue
-            except providers.ProviderError as error:
-                step.retries += error.retries
-                self._fail(step, action, StepFailed(f"{model}: {error}", step=step.index), began,
-                           provider=upstream.label)
-            text = _clean_text(answer.text)
-            data, rejected = None, ""
-            if response_schema is not None:
-                data, rejected = _validate(text, response_schema)
-            source = SIMULATED if answer.provider == SIMULATED else "provider"
-            retrying = bool(rejected) and attempt < settings.WARDEN_RUN_OUTPUT_RETRIES
+            answered = step.attempts[-1] if step.attempts and step.attempts[-1].get("answered") else None
+            if answered is None:  # (else: answered and paid for, then interrupted before it was judged)
+                attempt = len(step.attempts)
+                # The schema goes to the model too, and is billed as input: it is part of the estimate.
+                estimate = providers.estimate_input_tokens(conversation) + len(schema_text) // 3
+                context = {"input_tokens": estimate, "max_output_tokens": max_tokens,
+                           "purpose": summary(self.objective, 300), "run": {"id": self.run_id, "step": step.index}}
+                action = self._gate(step, "llm.call", model, context, attempt=attempt)
+                began = time.monotonic()
+                try:
+                    answer = providers.chat(action_id=action.pk, agent_id=self._agent.pk, model=model,
+                                            messages=conversation, max_tokens=max_tokens,
+                                            response_schema=response_schema, upstream=upstream)
+                except NotAllowed:
+                    self._lapsed(step)
+                    continue
+                except providers.ProviderError as error:
+                    step.retries += error.retries
+                    self._fail(step, action, StepFailed(f"{model}: {error}", step=step.index), began,
+                               provider=upstream.label)
+                answered = self._settle(step, action, answer, began)
+            text = answered["text"]
+            data, rejected = (None, "") if response_schema is None else _validate(text, response_schema)
+            retrying = bool(rejected) and len(step.attempts) <= settings.WARDEN_RUN_OUTPUT_RETRIES
             if rejected and not retrying:
-                problem = InvalidOutput(f"{model}'s answer did not validate after {attempt + 1} tries: {rejected}",
-                                        step=step.index)
-                self._record(step, action, status=StepStatus.FAILED, usage=answer.usage, source=source, began=began,
-                             answer=answer, text=text, rejected=rejected, problem=problem)
+                problem = InvalidOutput(f"{model}'s answer did not validate after {len(step.attempts)} tries: "
+                                        f"{rejected}", step=step.index)
+                self._judged(step, status=StepStatus.FAILED, rejected=rejected, problem=problem)
                 raise problem
-            self._record(step, action, status=StepStatus.RUNNING if retrying else StepStatus.SUCCEEDED,
-                         usage=answer.usage, source=source, began=began, answer=answer, text=text, rejected=rejected,
-                         result=None if retrying else {"text": text, "data": data}, output=summary(text))
-            if retrying:
+            if rejected:
+                self._judged(step, status=StepStatus.RUNNING, rejected=rejected)
                 conversation += _feedback(text, rejected)
                 continue
+            self._judged(step, status=StepStatus.SUCCEEDED, result={"text": text, "data": data})
             return self._reply(step)
 
     # --- recording ---------------------------------------------------------------------------
 
+    def _hold_run(self) -> None:
+        """First in every transaction that records a step: the run's row, so that a cancellation (which locks
+        the run, then the audit chain, then the steps) and this worker take their locks in one order."""
+        list(AgentRun.objects.select_for_update(no_key=True).filter(pk=self._run.pk).values_list("pk", flat=True))
+
     def _complete(self, action: Action, status: str, usage: dict | None, source: str) -> Action:
         return complete_action(action=action, status=status, usage=usage, usage_source=source)
 
-    def _record(self, step: RunStep, action: Action, *, status: str, usage, source: str, began: float,
-                answer: providers.Answer | None = None, text: str = "", rejected: str = "", result=None,
-                output: str = "", problem: StepProblem | None = None, provider: str = "") -> None:
-        """Complete the action and write the step, in one transaction: either both happened or neither."""
+    def _settle(self, step: RunStep, action: Action, answer: providers.Answer, began: float) -> dict:
+        """The provider answered: its Action completes with the usage it reported, at once and whatever comes of
+        the answer (money spent is recorded before anything else can go wrong), and the answer is kept on the
+        step, so that a worker that takes the run up again judges it without asking the model again."""
+        source = SIMULATED if answer.provider == SIMULATED else "provider"
+        usage = answer.usage or {}
         with transaction.atomic():
-            completed = self._complete(action, "succeeded", usage, source)
+            self._hold_run()
+            completed = self._complete(action, "succeeded", answer.usage, source)
             cost = completed.actual_cost_micros or 0
             entry = {"action": str(action.pk), "cost_micros": cost, "usage_source": source,
-                     "input_tokens": (usage or {}).get("input_tokens"), "output_tokens": (usage or {}).get("output_tokens")}
-            if answer is not None:
-                entry.update(provider_model=summary(answer.reported_model, 100), retries=answer.retries)
-                step.retries += answer.retries
-                step.provider = answer.provider
-            elif provider:
-                step.provider = provider
-            if rejected:
-                # the whole answer: the next attempt is rebuilt from it, and must ask the gate exactly as before
-                entry.update(rejected=summary(rejected, 1000), text=text[:MAX_RESULT_CHARS])
-                step.retries += 1
+                     "input_tokens": usage.get("input_tokens"), "output_tokens": usage.get("output_tokens"),
+                     "provider_model": summary(answer.reported_model, 100), "retries": answer.retries,
+                     "answered": True, "text": _clean_text(answer.text)[:MAX_RESULT_CHARS]}
             step.attempts = [*step.attempts, entry]
-            step.input_tokens += (usage or {}).get("input_tokens", 0) or 0
-            step.output_tokens += (usage or {}).get("output_tokens", 0) or 0
+            step.retries += answer.retries
+            step.provider = answer.provider
+            step.input_tokens += usage.get("input_tokens", 0) or 0
+            step.output_tokens += usage.get("output_tokens", 0) or 0
             step.cost_micros += cost
             step.duration_ms += int((time.monotonic() - began) * 1000)
             step.action = action
-            if output:
-                step.output_summary = output
-            fields = ["attempts", "input_tokens", "output_tokens", "cost_micros", "duration_ms", "action", "retries",
-                      "provider", "output_summary"]
-            if result is not None:
-                step.result = result
-                fields.append("result")
-            if status != StepStatus.RUNNING:
-                self._finish_step(step, status=status, error=problem.message if problem else "",
-                                  error_kind=problem.kind if problem else "", extra=fields)
-            else:
+            step.save(update_fields=["attempts", "retries", "provider", "input_tokens", "output_tokens", "cost_micros",
+                                     "duration_ms", "action"])
+            AgentRun.objects.filter(pk=self._run.pk).update(cost_micros=F("cost_micros") + cost,
+                                                            heartbeat_at=timezone.now())
+        self._changed(step)
+        return entry
+
+    def _judged(self, step: RunStep, *, status: str, rejected: str = "", result=None,
+                problem: StepProblem | None = None) -> None:
+        """What became of the last answer: rejected (kept whole: the next attempt is rebuilt from it, and must ask
+        the gate exactly as before), or the step's result."""
+        entry = dict(step.attempts[-1])
+        entry.pop("answered", None)
+        if rejected:
+            entry["rejected"] = summary(rejected, 1000)
+            step.retries += 1
+        else:
+            entry.pop("text", None)  # the result holds it
+        step.attempts = [*step.attempts[:-1], entry]
+        fields = ["attempts", "retries"]
+        if result is not None:
+            step.result = result
+            step.output_summary = summary(result["text"])
+            fields += ["result", "output_summary"]
+        elif rejected:
+            step.output_summary = summary(entry.get("text", ""))
+            fields.append("output_summary")
+        with transaction.atomic():
+            self._hold_run()
+            if status == StepStatus.RUNNING:
                 step.save(update_fields=fields)
                 self._changed(step)
+            else:
+                self._finish_step(step, status=status, error=problem.message if problem else "",
+                                  error_kind=problem.kind if problem else "", extra=fields)
+
+    def _record(self, step: RunStep, action: Action, *, usage, source: str, began: float, result, provider: str):
+        """A tool ran: complete its action and write the step, in one transaction: either both happened or
+        neither."""
+        with transaction.atomic():
+            self._hold_run()
+            completed = self._complete(action, "succeeded", usage, source)
+            cost = completed.actual_cost_micros or 0
+            step.attempts = [*step.attempts, {"action": str(action.pk), "cost_micros": cost, "usage_source": source}]
+            step.cost_micros += cost
+            step.duration_ms += int((time.monotonic() - began) * 1000)
+            step.action = action
+            step.provider = provider
+            step.output_summary = summary(result)
+            step.result = result
+            self._finish_step(step, status=StepStatus.SUCCEEDED,
+                              extra=["attempts", "cost_micros", "duration_ms", "provider", "output_summary", "result"])
             AgentRun.objects.filter(pk=self._run.pk).update(cost_micros=F("cost_micros") + cost,
                                                             heartbeat_at=timezone.now())
 
     def _fail(self, step: RunStep, action: Action, problem: StepProblem, began: float, provider: str = "") -> None:
         """It was allowed and did not work: the action completes as failed (its reservation released)."""
         with transaction.atomic():
+            self._hold_run()
             self._complete(action, "failed", None, "warden")
             step.action = action
             step.provider = provider or step.provider
@@ -454,6 +544,7 @@ class Context:
     def _refuse(self, step: RunStep, problem: Refused) -> None:
         """Nothing was asked of the gate, nothing ran: recorded on the step and in the audit log."""
         with transaction.atomic():
+            self._hold_run()
             self._finish_step(step, status=StepStatus.REFUSED, error=problem.message, error_kind=problem.kind)
             audit_record(action="run.step.refuse", actor=self._agent, agent=self._agent,
                          resource=f"run:{self.run_id}", outcome="refused", reasons=[problem.message],
@@ -464,7 +555,7 @@ class Context:
     def _finish_step(self, step: RunStep, *, status: str, error: str = "", error_kind: str = "", reasons=None,
                      extra=()) -> None:
         now = timezone.now()
-        step.status, step.error, step.error_kind, step.finished_at = status, error[:4000], error_kind, now
+        step.status, step.error, step.error_kind, step.finished_at = status, _clean_text(error[:4000]), error_kind, now
         if reasons is not None:
             step.reasons = list(reasons)
         step.save(update_fields=["status", "error", "error_kind", "finished_at", "reasons", "action", *extra])
@@ -486,11 +577,16 @@ def _validate(text: str, schema: dict) -> tuple[object, str]:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         return None, f"not JSON ({error.msg} at character {error.pos})"
+    except (ValueError, RecursionError) as error:  # a number of thousands of digits, nesting thousands deep
+        return None, f"not JSON that can be read: {type(error).__name__}"
     try:
         jsonschema.validate(data, schema)
     except jsonschema.ValidationError as error:
         where = "/".join(str(part) for part in error.absolute_path) or "the answer"
         return None, f"{where}: {error.message}"
+    except Exception as error:  # noqa: BLE001 - an unresolvable $ref, a 5,000-digit number, nesting too deep ...:
+        # whatever stops the check, the answer is not accepted (and the step goes on to retry or fail)
+        return None, f"the answer could not be checked against the schema: {type(error).__name__}"
     return clean_value(data), ""
 
 

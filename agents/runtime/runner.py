@@ -106,6 +106,7 @@ def _execute(run: AgentRun) -> str:
     ctx = Context(run=run, steps=steps)
     try:
         result = program(ctx, run.objective)
+        ctx.raise_signal()  # a signal the program swallowed (a bare `except:`) still decides
     except WaitForApproval:
         AgentRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(status=RunStatus.WAITING_APPROVAL,
                                                                            heartbeat_at=timezone.now())
@@ -133,8 +134,9 @@ def _execute(run: AgentRun) -> str:
 @transaction.atomic
 def _finish(run: AgentRun, status: str, *, result=None, error: str = "") -> str:
     now = timezone.now()
+    error = clean_value(error[:4000])  # a program's words: no NUL, no lone surrogate
     finished = AgentRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-        status=status, result=result, error=error[:4000], finished_at=now, heartbeat_at=now)
+        status=status, result=result, error=error, finished_at=now, heartbeat_at=now)
     if not finished:
         return "stopped"  # cancelled meanwhile: the cancellation is what is recorded
     run.refresh_from_db(fields=["cost_micros", "steps_done"])

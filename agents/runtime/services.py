@@ -13,6 +13,8 @@ from django.utils import timezone
 from audit.services import audit_record
 from governance.context import correlation_scope, get_correlation_id, new_correlation_id
 from governance.exceptions import Conflict
+from governance.gate import RUNTIME_KEY_PREFIX
+from governance.models import Action
 from governance.payloads import text_problem
 
 from ..models import RUN_ACTIVE, Agent, AgentRun, AgentStatus, RunSchedule, RunSource, RunStatus, RunStep, StepStatus
@@ -70,15 +72,26 @@ def run_start(*, agent: Agent, objective: str, by=None, source: str = RunSource.
     return run
 
 
-def _close_steps(run_ids: list, reason: str) -> list:
-    """Mark the open steps of cancelled runs; the Actions they hold or wait on."""
-    open_steps = list(RunStep.objects.filter(run_id__in=run_ids,
+def _close_steps(runs: list[AgentRun], reason: str) -> list:
+    """Mark the open steps of cancelled runs; the Actions they hold or wait on.
+
+    Found by the runtime's idempotency keys (`run:<id>:...`), not only by the steps' links: a gate decision
+    that committed a moment ago may not be linked to its step yet."""
+    from governance.models import ActionOutcome, ActionStatus
+
+    open_steps = list(RunStep.objects.filter(run_id__in=[run.pk for run in runs],
                                              status__in=[StepStatus.RUNNING, StepStatus.WAITING_APPROVAL]))
     now = timezone.now()
     for step in open_steps:
         step.status, step.error, step.finished_at = StepStatus.CANCELLED, reason[:4000], now
         step.save(update_fields=["status", "error", "finished_at"])
-    return [step.action_id for step in open_steps if step.action_id]
+    action_ids = {step.action_id for step in open_steps if step.action_id}
+    for run in runs:
+        action_ids.update(Action.objects.filter(
+            agent_id=run.agent_id, idempotency_key__startswith=f"{RUNTIME_KEY_PREFIX}{run.pk}:",
+            status=ActionStatus.DECIDED, outcome__in=[ActionOutcome.ALLOWED, ActionOutcome.PENDING_APPROVAL],
+        ).values_list("pk", flat=True))
+    return sorted(action_ids, key=str)
 
 
 def _cancel_runs(runs: list[AgentRun], *, by, reason: str) -> list:
@@ -95,7 +108,7 @@ def _cancel_runs(runs: list[AgentRun], *, by, reason: str) -> list:
                          outcome="cancelled", reasons=[reason], cost_micros=run.cost_micros,
                          payload={"run_id": str(run.pk), "program": run.program})
         run_changed_on_commit(run.pk, status=RunStatus.CANCELLED)
-    action_ids = _close_steps([run.pk for run in cancelled], reason)
+    action_ids = _close_steps(cancelled, reason)
     return action_ids
 
 

@@ -17,6 +17,13 @@ class ActionRequestInput(serializers.Serializer):
     correlation_id = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{7,127}$", required=False)
     on_behalf_of = serializers.UUIDField(required=False)
 
+    def validate_idempotency_key(self, value: str) -> str:
+        from governance.gate import RUNTIME_KEY_PREFIX
+
+        if value.startswith(RUNTIME_KEY_PREFIX):
+            raise serializers.ValidationError(f"Keys beginning {RUNTIME_KEY_PREFIX!r} are reserved for Warden's runtime.")
+        return value
+
 
 class ApprovalOutput(serializers.Serializer):
     id = serializers.UUIDField()

@@ -18,6 +18,7 @@ from governance.api.base import CapabilityView, valid
 from governance.api.pagination import Pagination
 from governance.api.permissions import IsAgent
 from governance.context import correlation_scope, get_correlation_id
+from governance.exceptions import Conflict
 from governance.filters import ApprovalFilter
 from governance.models import Action, Policy, PolicySetVersion, RoleGrant, Role
 from governance.selectors import (approval_context, approval_get, approval_list, data_view_get, data_view_list,
@@ -102,6 +103,9 @@ class ActionCompleteView(APIView):
     def post(self, request, action_id):
         action = _action_for(request, action_id)
         data = valid(s.CompleteInput, request.data)
+        if gate.is_runtime_action(action):
+            raise Conflict("Warden's runtime completes this action from the provider's answer; an agent cannot.",
+                           code="runtime_action")
         action = gate.complete_action(
             action=action, status=data["status"], usage=data.get("usage"), usage_source="agent",
             declared_cost_micros=data.get("cost"),

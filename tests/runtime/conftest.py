@@ -13,7 +13,7 @@ PROGRAMS = "tests.runtime.programs"
 def runtime_settings(settings):
     settings.WARDEN_AGENT_PROGRAMS = [*settings.WARDEN_AGENT_PROGRAMS, *(f"{PROGRAMS}.{name}" for name in (
         "ask", "steps", "careful", "big", "structured", "planned", "endless", "fickle", "reader", "fetch", "mailer",
-        "searcher", "swallow"))]
+        "searcher", "swallow", "unjudgeable", "oversized", "strange_text", "stubborn"))]
     settings.WARDEN_LLM_UPSTREAMS = json.dumps({"*": "simulated"})
     settings.WARDEN_SIMULATED_LATENCY_MS = 0
     settings.WARDEN_SIMULATED_INVALID_PERCENT = 0

@@ -87,3 +87,32 @@ def swallow(ctx, objective):
         except Exception:  # noqa: BLE001 - the point of this program
             pass
     return done
+
+
+def unjudgeable(ctx, objective):
+    """A response schema whose $ref leads nowhere: no answer can be checked against it."""
+    return ctx.llm("gpt-4o-mini", [{"role": "user", "content": objective}], max_tokens=50,
+                   response_schema={"$ref": "#/definitions/missing"}).data
+
+
+def oversized(ctx, objective):
+    """A response schema far larger than a model should be sent (and billed for)."""
+    schema = {"type": "object", "description": "x" * 50_000}
+    return ctx.llm("gpt-4o-mini", [{"role": "user", "content": objective}], max_tokens=1, response_schema=schema).data
+
+
+def strange_text(ctx, objective):
+    """Text PostgreSQL cannot store as given: NUL and a lone surrogate, in what it asks and what it returns."""
+    reply = ctx.llm("gpt-4o-mini", [{"role": "user", "content": "a\x00b\ud800c"}], max_tokens=20)
+    if objective == "bad name":
+        ctx.tool("search\x00now", query="x")
+    return {"said": reply.text[:10], "odd": "\ud800\x00"}
+
+
+def stubborn(ctx, objective):
+    """Swallows everything, even the runtime's own signals, around an escalated call, then claims success."""
+    try:
+        ctx.llm("gpt-4o", [{"role": "user", "content": objective}], max_tokens=100)
+    except BaseException:  # noqa: BLE001 - the point of this program
+        pass
+    return "done without waiting"
