@@ -15,7 +15,7 @@ from governance.forms import apply_errors
 from . import selectors
 from .filters import RunFilter
 from .forms import RunStartForm, ScheduleForm
-from .models import RunSchedule, RunSource, RunStatus
+from .models import RunSource, RunStatus
 from .runtime import selectors as run_selectors
 from .runtime import services as run_services
 
@@ -116,10 +116,6 @@ def schedule_create(request, agent_id):
 @require("run.manage")
 @require_POST
 def schedule_toggle(request, schedule_id):
-    schedule = RunSchedule.objects.select_related("agent").filter(pk=schedule_id).first()
-    if schedule is None:
-        from django.http import Http404
-
-        raise Http404("No such schedule.")
+    schedule = run_selectors.schedule_get(user=request.user, schedule_id=schedule_id)
     run_services.schedule_set_enabled(schedule=schedule, enabled=not schedule.enabled, by=request.user)
     return redirect("agents:detail", agent_id=schedule.agent_id)

@@ -24,6 +24,17 @@ reported. What a step can raise, and a program may catch:
     StepFailed    it ran and failed; InvalidOutput: answers never validated
     Refused       it could not be sent (bad arguments, host not allowed, ...)
 
+The runtime also stops a program on its own (to wait for a person, because
+the run was cancelled, to hand the run to the next task) with signals that
+are not Exceptions: catch `Exception`, not `BaseException`. A signal a bare
+`except:` swallows is raised again by the next `ctx` call, and counts when
+the program returns.
+
+Every answer a provider gives is paid for (its Action completes with the
+usage reported) before it is checked against `response_schema`, whatever
+the check finds. Response schemas are at most 20,000 characters of JSON and
+count toward the gate's estimate of input tokens.
+
 Runs resume from their step ledger: if a worker dies, the program is called
 again and every step that finished returns its recorded result without
 running again. So a program must be deterministic given what its steps

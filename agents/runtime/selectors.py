@@ -32,3 +32,12 @@ def schedules_of(*, user, agent) -> QuerySet[RunSchedule]:
     if not can(user, "run.view"):
         raise PermissionDenied("run.view")
     return RunSchedule.objects.filter(agent=agent).order_by("id")
+
+
+def schedule_get(*, user, schedule_id) -> RunSchedule:
+    if not can(user, "run.view"):
+        raise PermissionDenied("run.view")
+    try:
+        return RunSchedule.objects.select_related("agent").get(pk=schedule_id)
+    except (RunSchedule.DoesNotExist, ValueError):
+        raise Http404("No such schedule.") from None
