@@ -152,6 +152,7 @@ class RunSource(models.TextChoices):
     BROWSER = "browser", "browser"
     API = "api", "API"
     SCHEDULE = "schedule", "schedule"
+    DELEGATION = "delegation", "delegation"  # a parent run's ctx.delegate
 
 
 class AgentRun(models.Model):
@@ -166,6 +167,14 @@ class AgentRun(models.Model):
     started_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
                                    related_name="+")
     schedule = models.ForeignKey("RunSchedule", on_delete=models.SET_NULL, null=True, blank=True, related_name="runs")
+    # A child run: started by a parent run's ctx.delegate, acting under the delegation (narrowed scopes).
+    parent = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="children")
+    parent_step = models.PositiveIntegerField(null=True, blank=True)
+    delegation = models.ForeignKey(Delegation, on_delete=models.PROTECT, null=True, blank=True, related_name="runs")
+    # The run's label: the highest classification of the data it has seen so far (it only rises), and where
+    # that came from ([{"view", "classification", "step", "run"}]). Everything the run does next carries it.
+    label = models.PositiveSmallIntegerField(choices=Clearance.choices, default=Clearance.PUBLIC)
+    label_sources = models.JSONField(default=list, blank=True)
     correlation_id = models.CharField(max_length=128)
     cost_micros = models.BigIntegerField(default=0)  # settled so far, at Warden's prices
     steps_done = models.PositiveIntegerField(default=0)
@@ -244,6 +253,10 @@ class RunStep(models.Model):
     attempts = models.JSONField(default=list)  # one entry per gated call: action, outcome, tokens, cost, rejection
     gate_requests = models.PositiveIntegerField(default=0)  # asked anew after an action lapsed (idempotency key)
     action = models.ForeignKey("governance.Action", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    # The label of what the step sent (the run's label when it ran) and of what it returned (its result).
+    label_in = models.PositiveSmallIntegerField(choices=Clearance.choices, default=Clearance.PUBLIC)
+    label = models.PositiveSmallIntegerField(choices=Clearance.choices, default=Clearance.PUBLIC)
+    child = models.ForeignKey(AgentRun, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(default=0)

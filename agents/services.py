@@ -477,6 +477,7 @@ def delegation_revoke(*, delegation: Delegation, by, reason: str = "") -> Delega
         actor=by,
         agent=delegation.delegate,
         resource=f"delegation:{delegation.pk}",
+        delegation_chain=selectors.delegation_state(delegation, at=delegation.revoked_at).chain,
         reasons=[delegation.revoked_reason] if delegation.revoked_reason else [],
         payload={"children_invalidated": delegation.children.filter(revoked_at__isnull=True).count()},
     )

@@ -13,6 +13,7 @@ transaction fails and nothing is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -37,6 +38,7 @@ from billing import services as billing
 from . import sql
 from .context import current_correlation_id
 from .exceptions import Conflict
+from .flow import OUTBOUND, RUNTIME_KEY_PREFIX, Flow, api_flow, sink_clearance
 from .approvals import approval_open
 from .models import Action, ActionOutcome, ActionStatus, DataView
 from .payloads import check_json, clean_usage, text_problem
@@ -102,6 +104,12 @@ def clean_request(*, action: str, resource: str, context: dict) -> dict:
         if not isinstance(context["classification"], str) or context["classification"] not in CLASSIFICATIONS:
             raise ValidationError({"context.classification": f"One of {', '.join(CLASSIFICATIONS)}."})
         cleaned["claimed_classification"] = context["classification"]
+    if "data_classification" in context:
+        # What an agent over the API says it carries: it may raise the label of the request, never lower it.
+        declared = context["data_classification"]
+        if not isinstance(declared, str) or declared not in CLASSIFICATIONS:
+            raise ValidationError({"context.data_classification": f"One of {', '.join(CLASSIFICATIONS)}."})
+        cleaned["declared_label"] = CLASSIFICATIONS[declared]
     if action in ("tool.http", "external.call"):
         host = billing.endpoint_host(resource)
         if not host:
@@ -267,15 +275,19 @@ def request_action(
     key=None,
     on_behalf_of=None,
     idempotency_key: str | None = None,
+    flow: Flow | None = None,
 ) -> Action:
-    """Judge one action. Raises ValidationError (cannot be judged) or Conflict (idempotency)."""
+    """Judge one action. Raises ValidationError (cannot be judged) or Conflict (idempotency).
+
+    `flow` is the label of what the request carries, from Warden's own runtime (in process, never from a
+    request); without it, an outbound request carries what the agent read over the API (governance/flow.py)."""
     context = context if context is not None else {}
     cleaned = clean_request(action=action, resource=resource, context=context)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or text_problem(idempotency_key)):
         raise ValidationError({"idempotency_key": "A string without NUL characters."})
     digest = request_digest(action=action, resource=resource, context=context, on_behalf_of=on_behalf_of)
     request = dict(agent=agent, action=action, resource=resource, context=context, cleaned=cleaned, key=key,
-                   on_behalf_of=on_behalf_of, digest=digest)
+                   on_behalf_of=on_behalf_of, digest=digest, flow=flow)
     with tracer.start_as_current_span("gate.request_action") as span:
         span.set_attribute("warden.action", action)
         if idempotency_key:
@@ -328,7 +340,7 @@ def _replay(existing: Action, request: dict) -> Action:
 
 
 @transaction.atomic
-def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idempotency_key, digest,
+def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idempotency_key, digest, flow=None,
            denial: str | None = None) -> Action:
     now = timezone.now()
     action_id = uuid.uuid4()
@@ -389,10 +401,17 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     # 3. Policies, on Warden's own figures: its estimate, the registry's classification.
     estimate = billing.estimate_cost(action=action, resource=resource, cleaned=cleaned, at=now)
     local = _local_now()
+    # What the request carries, and how sensitive data its receiver may get (governance/flow.py).
+    carried, sink, sink_name = None, me.clearance, f"agent {me.name}"
+    if action in OUTBOUND:
+        carried = flow if flow is not None else api_flow(agent_id=agent.pk, now=now,
+                                                         declared=cleaned.get("declared_label"))
+        sink, sink_name = sink_clearance(action=action, resource=resource, host=cleaned.get("host"))
     cedar_context = {
         "estimated_cost_micros": estimate.micros,
         "model": resource if action == "llm.call" else "",
-        "data_classification": target.classification,
+        "data_classification": carried.classification if carried is not None else target.classification,
+        "sink_clearance": int(sink),
         "delegation_depth": delegation.depth if delegation is not None else 0,
         "hour": local.hour,
         "weekday": local.isoweekday(),
@@ -410,6 +429,14 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
                                                  context=cedar_context))
             judgement = Judgement(decision.outcome, decision.reasons, decision.policies, decision.escalate_to,
                                   decision.observed, decision.approvals, decision.expires)
+            if carried is not None and carried.classification > sink:
+                # The flow rule: a denial naming the data's source, unless a policy sends it to a person.
+                leak = (f"data flow: {sink_name} is cleared for {Clearance(sink).label} data; this request "
+                        f"{carried.describe()}")
+                if judgement.outcome == ActionOutcome.ALLOWED:
+                    judgement = _deny(leak)
+                elif judgement.outcome == ActionOutcome.PENDING_APPROVAL:
+                    judgement = dataclasses.replace(judgement, reasons=[*judgement.reasons, leak])
         except ValidationError:
             raise
         except Exception as exc:  # the engine must never let an error through as "allowed"
@@ -467,9 +494,14 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
         policy_ids=judgement.policies,
         policy_version=policy_version,
         cost_micros=estimate.micros,
-        data_classification=Clearance(target.classification).label if action == "data.read" else "",
+        data_classification=(Clearance(target.classification).label if action == "data.read" else
+                             Clearance(carried.classification).label if carried is not None and carried.classification
+                             else ""),
         payload={"action_id": str(record.pk), "reserved_micros": reserved, "observed": judgement.observed,
-                 "idempotency_key": idempotency_key or "", "warden_estimate_micros": estimate.warden_micros},
+                 "idempotency_key": idempotency_key or "", "warden_estimate_micros": estimate.warden_micros,
+                 **({"data_flow": {**carried.as_dict(), "receiver": sink_name,
+                                   "receiver_clearance": Clearance(sink).label}}
+                    if carried is not None and carried.classification else {})},
     )
     # The chain head is held now; a suspension or key revocation that committed while this decision was
     # made has written to it first, so a fresh read sees it. Allow nothing on a withdrawn identity.
@@ -480,13 +512,15 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
 
 COMPLETION_STATUSES = (ActionStatus.SUCCEEDED, ActionStatus.FAILED)
 
-# Idempotency keys of this prefix belong to Warden's runtime (agents/runtime): its steps' Actions. An agent may not
-# use them over the REST API (it could take over a step's Action), nor complete such an Action with its own claims.
-RUNTIME_KEY_PREFIX = "run:"
+# Idempotency keys of this prefix (flow.RUNTIME_KEY_PREFIX, "run:") belong to Warden's runtime (agents/runtime):
+# its steps' Actions. An agent may not use them over the REST API (it could take over a step's Action), nor
+# complete such an Action with its own claims.
 
 
 def is_runtime_action(action: Action) -> bool:
     return (action.idempotency_key or "").startswith(RUNTIME_KEY_PREFIX)
+
+
 CLOSED_STATUSES = (ActionStatus.EXPIRED, ActionStatus.CANCELLED)
 USAGE_SOURCES = ("agent", "provider", "warden", "simulated")  # simulated: the offline provider or a demo tool
 
@@ -540,6 +574,7 @@ def complete_action(*, action: Action, status: str, usage: dict | None = None, u
         outcome=status,
         cost_micros=actual,
         reasons=[f"completed after the action was {was}: the spend is recorded, unreserved"] if late else [],
+        delegation_chain=record.delegation_chain or [],
         payload={"action_id": str(record.pk), "usage": usage, "usage_source": usage_source,
                  "declared_cost_micros": declared_cost_micros, "reserved_micros": record.reserved_micros,
                  **settlement},

@@ -138,6 +138,17 @@ class DataView(models.Model):
     team = models.ForeignKey("agents.Team", on_delete=models.PROTECT, related_name="data_views")
     description = models.TextField(blank=True)
     active = models.BooleanField(default=True)
+    # What it serves (governance/dataviews.py). A view without a source is classified, not served.
+    #   source   "file:<path under WARDEN_DATA_DIR>.jsonl|.csv" or "table:<database alias>:<table>"
+    #   columns  the columns it exposes, in order; nothing else is ever read
+    #   masks    {column: clearance needed to see it unmasked}: below it, the value is masked
+    #   row_rules [{"below": clearance, "column": c, "in": [values]}]: an agent below that clearance sees
+    #            only the rows whose column holds one of the values
+    source = models.CharField(max_length=300, blank=True)
+    columns = models.JSONField(default=list, blank=True)
+    masks = models.JSONField(default=dict, blank=True)
+    row_rules = models.JSONField(default=list, blank=True)
+    max_rows = models.PositiveIntegerField(default=100)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
     updated_at = models.DateTimeField(auto_now=True)
@@ -148,6 +159,33 @@ class DataView(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class SinkKind(models.TextChoices):
+    MODEL = "model", "model"
+    TOOL = "tool", "tool"
+    ENDPOINT = "endpoint", "endpoint"
+
+
+class DataSink(models.Model):
+    """How sensitive data a model, tool or external endpoint may receive (an agent's is its clearance).
+
+    `name` "*" is the default of its kind; without one, models and tools are cleared for internal data and
+    endpoints for public data only (governance/flow.py)."""
+
+    kind = models.CharField(max_length=16, choices=SinkKind.choices)
+    name = models.CharField(max_length=255)
+    clearance = models.PositiveSmallIntegerField(choices=Clearance.choices)
+    note = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
+
+    class Meta:
+        ordering = ["kind", "name"]
+        constraints = [models.UniqueConstraint(fields=["kind", "name"], name="data_sink_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}: {self.get_clearance_display()}"
 
 
 class Action(models.Model):

@@ -127,7 +127,7 @@ def _leaf(value):
 # --- usage reports ---------------------------------------------------------------
 
 # What a completion may report, each a whole number: tokens of a model call, calls of a tool.
-USAGE_COUNTS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "calls")
+USAGE_COUNTS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "calls", "rows")
 MAX_USAGE = 10**9
 
 

@@ -324,8 +324,14 @@ def _clean_description(description: str) -> str:
 
 
 @transaction.atomic
-def data_view_create(*, name: str, classification, team, by, description: str = "") -> DataView:
-    """Register a view of data; its classification, not an agent's word, is what data.read is judged on."""
+def data_view_create(*, name: str, classification, team, by, description: str = "", source: str = "",
+                     columns=None, masks=None, row_rules=None, max_rows: int = 100) -> DataView:
+    """Register a view of data; its classification, not an agent's word, is what data.read is judged on.
+    With a source, it serves rows (governance/dataviews.py): its columns, masked and filtered per clearance."""
+    from .dataviews import check_view_shape
+
+    columns, masks, row_rules = columns or [], masks or {}, row_rules or []
+    check_view_shape(source=source, columns=columns, masks=masks, row_rules=row_rules, max_rows=max_rows)
     from django.core.validators import validate_slug
 
     try:
@@ -338,22 +344,36 @@ def data_view_create(*, name: str, classification, team, by, description: str = 
     try:
         with transaction.atomic():
             view = DataView.objects.create(name=name, classification=classification, team=team,
-                                           description=_clean_description(description), created_by=by, updated_by=by)
+                                           description=_clean_description(description), created_by=by, updated_by=by,
+                                           source=source, columns=columns, masks=masks, row_rules=row_rules,
+                                           max_rows=max_rows)
     except IntegrityError:
         raise ValidationError({"name": f"A data view named {name!r} already exists."}) from None
     audit_record(action="data_view.create", actor=by, resource=f"data_view:{name}",
                  data_classification=view.get_classification_display(),
                  payload={"classification": view.get_classification_display(), "team": team.name,
-                          "description": view.description})
+                          "description": view.description, "source": source, "columns": columns, "masks": masks,
+                          "row_rules": row_rules, "max_rows": max_rows})
     return view
 
 
 @transaction.atomic
 def data_view_update(*, view: DataView, by, classification=None, team=None, description: str | None = None,
-                     active: bool | None = None) -> DataView:
-    """Change a view; a new classification applies to the very next data.read."""
+                     active: bool | None = None, source: str | None = None, columns=None, masks=None,
+                     row_rules=None, max_rows: int | None = None) -> DataView:
+    """Change a view; a new classification, mask or rule applies to the very next data.read."""
+    from .dataviews import check_view_shape
+
     view = DataView.objects.select_for_update(of=("self",)).select_related("team").get(pk=view.pk)
     changes = {}
+    shape = {"source": view.source if source is None else source, "columns": view.columns if columns is None else columns,
+             "masks": view.masks if masks is None else masks,
+             "row_rules": view.row_rules if row_rules is None else row_rules,
+             "max_rows": view.max_rows if max_rows is None else max_rows}
+    check_view_shape(**shape)
+    for field, value in shape.items():
+        if value != getattr(view, field):
+            changes[field] = value
     if classification is not None:
         changes["classification"] = _clean_classification(classification)
     if team is not None:

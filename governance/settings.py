@@ -363,6 +363,13 @@ if WARDEN_RUN_TASK_SECONDS + WARDEN_LLM_TIMEOUT * (WARDEN_LLM_MAX_RETRIES + 1) +
                                "call with all its retries (WARDEN_LLM_TIMEOUT x (WARDEN_LLM_MAX_RETRIES + 1))")
 # A run that is queued or running, that no worker holds and that has not moved for this long is sent again.
 WARDEN_RUN_STALL_SECONDS = envint("WARDEN_RUN_STALL_SECONDS", 60)
+# Data views that serve data (governance/dataviews.py): files under WARDEN_DATA_DIR, tables through the
+# database aliases named here (each a DATABASES entry, best as a role that may only SELECT).
+WARDEN_DATA_DIR = envstr("WARDEN_DATA_DIR", str(BASE_DIR / "demo_data"))
+WARDEN_DATA_DATABASES = envlist("WARDEN_DATA_DATABASES")
+# Information flow (governance/flow.py): an agent that read data over the REST API is taken to hold it for
+# this long; everything it sends meanwhile carries the data's classification.
+WARDEN_FLOW_WINDOW_HOURS = envint("WARDEN_FLOW_WINDOW_HOURS", 24)
 WARDEN_DEMO_TRAFFIC = envbool("WARDEN_DEMO_TRAFFIC", True)  # beat starts the demo fleet's scheduled runs
 WARDEN_READINESS_TIMEOUT = envint("WARDEN_READINESS_TIMEOUT", 2)
 

@@ -41,15 +41,16 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from governance.exceptions import Conflict
+from governance.flow import Flow, merge
 from governance.gate import RUNTIME_KEY_PREFIX, actions_cancel, complete_action, request_action
 from governance.models import Action, ActionOutcome, ActionStatus
 
-from ..models import AgentRun, RunStatus, RunStep, StepKind, StepStatus, STEP_FINAL
+from ..models import STEP_FINAL, Agent, AgentRun, Clearance, RunStatus, RunStep, StepKind, StepStatus
 from . import providers, tools
-from .errors import (PROBLEMS, Abort, Denied, HandOn, Infrastructure, InvalidOutput, NotAllowed, NotAvailable,
-                     Refused, StepFailed, StepProblem, Stopped, WaitForApproval)
+from .errors import (PROBLEMS, Abort, Denied, HandOn, Infrastructure, InvalidOutput, NotAllowed, Refused, StepFailed,
+                     StepProblem, Stopped, WaitForApproval, WaitForChild)
 
-SIGNALS = (WaitForApproval, Stopped, HandOn, Abort, Infrastructure)
+SIGNALS = (WaitForApproval, WaitForChild, Stopped, HandOn, Abort, Infrastructure)
 from .providers import RETRY_MARKER, SIMULATED
 from .schemas import PLAN_SCHEMA
 
@@ -184,6 +185,9 @@ class Context:
         self._new = 0
         self._began = time.monotonic()
         self._signal: BaseException | None = None
+        # The run's label: what it has seen so far. Every step sends it along (the gate's flow rule).
+        self._flow = Flow(run.label, tuple(run.label_sources or ()))
+        self._delegation_id = run.delegation_id
 
     def raise_signal(self) -> None:
         """The runner, after the program returned: a signal the program swallowed still counts."""
@@ -253,23 +257,126 @@ class Context:
         return result
 
     @_infrastructure
-    def read(self, view: str, **filters):
-        """Read rows of a data view (through the gate, with the view's classification)."""
-        step, replayed = self._step(StepKind.READ, _name(view, "read()"), clean_value(filters), summary(filters))
+    def read(self, view: str, *, columns: list | None = None, limit: int | None = None, **filters) -> dict:
+        """Rows of a data view (through the gate, on the view's classification from Warden's registry): the
+        columns and rows this agent's clearance allows, masked where it must be, at most `limit` rows.
+        {"view", "classification", "columns", "rows", "masked", "truncated", "count"}. The run's label rises
+        to the view's classification: everything the run sends from now on carries it."""
+        from governance.dataviews import data_view_serve, read_request_problem
+        from governance.models import DataView
+
+        view = _name(view, "read()")
+        filters = clean_value(filters)
+        payload = {"filters": filters, "columns": columns, "limit": limit}
+        step, replayed = self._step(StepKind.READ, view, payload,
+                                    summary({"view": view, **{k: v for k, v in payload.items() if v}}))
         if replayed:
             return self._replay(step)
-        self._refuse(step, NotAvailable("reading data views is not available in this version of Warden: the "
-                                        "registry classifies them, it does not serve their rows yet"))
+        found = DataView.objects.filter(name=view).first()
+        clearance = Agent.objects.filter(pk=self._agent.pk).values_list("clearance", flat=True).get()
+        try:
+            asked = read_request_problem(found, clearance=clearance, filters=filters, columns=columns, limit=limit)
+        except ValidationError as error:  # an unknown view, a column it does not expose, a masked one ...
+            self._refuse(step, Refused("; ".join(error.messages)))
+        context = {"filters": asked.filters, "columns": asked.columns, "limit": asked.limit,
+                   "purpose": summary(self.objective, 300), "run": {"id": self.run_id, "step": step.index}}
+        action = self._gate(step, "data.read", view, context, attempt=0)
+        began = time.monotonic()
+        try:
+            rows = data_view_serve(action=action, view=found, asked=asked, clearance=clearance)
+        except ValidationError as error:
+            self._fail(step, action, StepFailed(f"reading {view} failed: {'; '.join(error.messages)}",
+                                                step=step.index), began)
+        result = _bounded(clean_value(rows.as_dict()))
+        read = Flow(rows.classification, ({"view": view, "classification": Clearance(rows.classification).label,
+                                           "step": step.index, "run": self.run_id},))
+        with transaction.atomic():
+            self._hold_run()
+            step.result, step.output_summary = result, f"{rows.as_dict()['count']} row(s) of {view}" + (
+                f", {', '.join(rows.masked)} masked" if rows.masked else "")
+            step.label = rows.classification
+            step.duration_ms += int((time.monotonic() - began) * 1000)
+            step.attempts = [*step.attempts, {"action": str(action.pk), "rows": len(rows.rows)}]
+            self._finish_step(step, status=StepStatus.SUCCEEDED,
+                              extra=["result", "output_summary", "label", "duration_ms", "attempts"])
+            self._raise_label(read)
+        return result
 
     @_infrastructure
-    def delegate(self, agent: str, objective: str):
-        """Hand an objective to another agent as a child run, under a delegation."""
-        step, replayed = self._step(StepKind.DELEGATE, _name(agent, "delegate()"), {"objective": clean_value(objective)},
+    def delegate(self, agent: str, objective: str, *, scopes: list | None = None) -> dict:
+        """Hand `objective` to another agent: a child run under a delegation (through the gate, agent.delegate),
+        with `scopes` narrowed from this run's (by default all it holds but agent.delegate). Waits for the
+        child without holding a worker; returns {"run", "agent", "status", "result", "label"}. The child starts
+        with this run's label, and this run's label rises to the child's."""
+        from .services import child_run_start
+
+        agent = _name(agent, "delegate()")
+        if not isinstance(objective, str) or not objective.strip():
+            raise TypeError("delegate(): an objective")
+        scopes = sorted(set(scopes)) if scopes is not None else self._held_scopes()
+        if not scopes or not all(isinstance(scope, str) for scope in scopes):
+            raise TypeError("delegate(): scopes, a non-empty list of scope names")
+        objective = _clean_text(objective)
+        step, replayed = self._step(StepKind.DELEGATE, agent, {"objective": objective, "scopes": scopes},
                                     summary(objective))
         if replayed:
             return self._replay(step)
-        self._refuse(step, NotAvailable("delegating to another agent's run is not available in this version of "
-                                        "Warden"))
+        if step.child_id is None:
+            context = {"scopes": scopes, "purpose": summary(objective, 300),
+                       "run": {"id": self.run_id, "step": step.index}}
+            action = self._gate(step, "agent.delegate", agent, context, attempt=0)
+            try:
+                child = child_run_start(parent=self._run, step=step, agent_name=agent, objective=objective,
+                                        scopes=scopes, flow=self._flow)
+            except (ValidationError, Conflict) as error:
+                message = "; ".join(error.messages) if isinstance(error, ValidationError) else error.message
+                self._fail(step, action, StepFailed(f"delegating to {agent} failed: {message}", step=step.index),
+                           time.monotonic())
+            step.child = child
+        if step.action_id and Action.objects.filter(pk=step.action_id, status=ActionStatus.DECIDED).exists():
+            self._complete(Action.objects.get(pk=step.action_id), "succeeded", None, "warden")
+        child = AgentRun.objects.get(pk=step.child_id)
+        if child.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
+            raise WaitForChild(child.pk)
+        returned = Flow(child.label, tuple(child.label_sources or ()))
+        if child.status != RunStatus.SUCCEEDED:
+            problem = StepFailed(f"{agent}'s run {child.status}: {child.error or 'no reason given'}", step=step.index)
+            with transaction.atomic():
+                self._hold_run()
+                step.label = child.label
+                self._finish_step(step, status=StepStatus.FAILED, error=problem.message, error_kind=problem.kind,
+                                  extra=["label", "child"])
+                self._raise_label(returned)
+            raise problem
+        result = {"run": str(child.pk), "agent": agent, "status": child.status, "result": child.result,
+                  "label": Clearance(child.label).label}
+        with transaction.atomic():
+            self._hold_run()
+            step.result, step.output_summary, step.label = result, summary(child.result), child.label
+            step.cost_micros = child.cost_micros
+            self._finish_step(step, status=StepStatus.SUCCEEDED,
+                              extra=["result", "output_summary", "label", "child", "cost_micros"])
+            self._raise_label(returned)
+        return result
+
+    def _held_scopes(self) -> list[str]:
+        from agents.models import Delegation
+        from agents.selectors import delegation_state
+        from governance.selectors import agent_roles
+
+        if self._delegation_id is not None:
+            held = delegation_state(Delegation.objects.get(pk=self._delegation_id), at=timezone.now()).scopes
+        else:
+            held = agent_roles(self._agent.pk, at=timezone.now()).scopes
+        return sorted(set(held) - {"agent.delegate"})
+
+    def _raise_label(self, seen: Flow) -> None:
+        """The run has seen `seen`: its label rises (inside the caller's transaction, with the step)."""
+        flow = merge(self._flow, seen)
+        if (flow.classification, flow.sources) != (self._flow.classification, self._flow.sources):
+            self._flow = flow
+            AgentRun.objects.filter(pk=self._run.pk).update(label=flow.classification,
+                                                            label_sources=list(flow.sources))
 
     # --- the step ledger ---------------------------------------------------------------------
 
@@ -287,7 +394,8 @@ class Context:
         self._go_on(index)
         if step is None:
             step = RunStep.objects.create(run=self._run, index=index, kind=kind, name=name[:255],
-                                          fingerprint=fingerprint, input_summary=input_summary)
+                                          fingerprint=fingerprint, input_summary=input_summary,
+                                          label_in=self._flow.classification, label=self._flow.classification)
             self._steps[index] = step
             self._changed(step)
         return step, False
@@ -327,7 +435,7 @@ class Context:
             key = f"{RUNTIME_KEY_PREFIX}{self.run_id}:{step.index}:{attempt}:{step.gate_requests}"
             try:
                 found = request_action(agent=self._agent, action=action, resource=resource, context=context,
-                                       idempotency_key=key)
+                                       idempotency_key=key, on_behalf_of=self._delegation_id, flow=self._flow)
             except ValidationError as error:  # the gate cannot judge it (a resource too long ...): nothing ran
                 self._refuse(step, Refused("the gate cannot judge this request: " + "; ".join(error.messages)))
             except Conflict as error:

@@ -73,6 +73,14 @@ class WaitForApproval(RunSignal):
         self.action_id = action_id
 
 
+class WaitForChild(RunSignal):
+    """A delegated run is working: the parent holds no worker meanwhile; the child's end sends it on."""
+
+    def __init__(self, child_id):
+        super().__init__(f"waiting for child run {child_id}")
+        self.child_id = child_id
+
+
 class Stopped(RunSignal):
     """The run was cancelled (by a person, or its agent was suspended)."""
 

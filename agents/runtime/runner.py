@@ -29,9 +29,9 @@ from audit.services import audit_record
 from governance.context import correlation_scope
 from governance.models import ActionOutcome
 
-from ..models import RUN_FINAL, AgentRun, RunStatus, RunStep, StepStatus
+from ..models import RUN_FINAL, AgentRun, Clearance, RunStatus, RunStep, StepStatus
 from .context import Context, _bounded, clean_value, summary
-from .errors import Abort, HandOn, Infrastructure, StepProblem, Stopped, WaitForApproval
+from .errors import Abort, HandOn, Infrastructure, StepProblem, Stopped, WaitForApproval, WaitForChild
 from .live import run_changed_on_commit
 from .programs import program_load
 
@@ -114,6 +114,11 @@ def _execute(run: AgentRun) -> str:
         # Decided while this task was finishing? Its resume message found the run busy: go on now.
         run.status = RunStatus.WAITING_APPROVAL
         return "waiting" if _still_waiting(run) else "again"
+    except WaitForChild:
+        # The run stays `running` and holds no worker; the child's end sends it on (and the recovery sweep
+        # leaves a run alone while a child of it is active).
+        AgentRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
+        return "waiting"
     except Stopped:
         return "stopped"
     except HandOn:
@@ -139,11 +144,22 @@ def _finish(run: AgentRun, status: str, *, result=None, error: str = "") -> str:
         status=status, result=result, error=error, finished_at=now, heartbeat_at=now)
     if not finished:
         return "stopped"  # cancelled meanwhile: the cancellation is what is recorded
-    run.refresh_from_db(fields=["cost_micros", "steps_done"])
+    run.refresh_from_db(fields=["cost_micros", "steps_done", "label", "parent", "delegation"])
+    run.status = status
+    chain = []
+    if run.delegation_id is not None:
+        from agents.selectors import delegation_state
+
+        chain = delegation_state(run.delegation, at=now).chain
     audit_record(action=f"run.{'succeed' if status == RunStatus.SUCCEEDED else 'fail'}", actor=run.agent,
                  agent=run.agent, resource=f"run:{run.pk}", outcome=status, cost_micros=run.cost_micros,
-                 reasons=[error[:1000]] if error else [],
+                 reasons=[error[:1000]] if error else [], delegation_chain=chain,
+                 data_classification=Clearance(run.label).label if run.label else "",
                  payload={"run_id": str(run.pk), "program": run.program, "steps": run.steps_done,
                           "result": summary(result, 500) if result is not None else ""})
     run_changed_on_commit(run.pk, status=status)
+    if run.parent_id is not None:
+        from .services import child_ended
+
+        child_ended(run)
     return "finished"

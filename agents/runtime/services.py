@@ -17,7 +17,8 @@ from governance.gate import RUNTIME_KEY_PREFIX
 from governance.models import Action
 from governance.payloads import text_problem
 
-from ..models import RUN_ACTIVE, Agent, AgentRun, AgentStatus, RunSchedule, RunSource, RunStatus, RunStep, StepStatus
+from ..models import (RUN_ACTIVE, Agent, AgentRun, AgentStatus, Clearance, RunSchedule, RunSource, RunStatus, RunStep,
+                      StepStatus)
 from .live import run_changed_on_commit
 from .programs import program_load
 
@@ -72,6 +73,71 @@ def run_start(*, agent: Agent, objective: str, by=None, source: str = RunSource.
     return run
 
 
+CHILD_DELEGATION_HOURS = 24
+
+
+def child_run_start(*, parent: AgentRun, step: RunStep, agent_name: str, objective: str, scopes: list,
+                    flow) -> AgentRun:
+    """A parent run's ctx.delegate, once the gate allowed it: the delegation (scopes narrowed from the
+    parent's; a hop below the parent's own delegation, if it acts under one) and the child run under it, in
+    the parent's trace, starting with the parent's label. Linked to the parent's step in the same
+    transaction, so a repeated delivery never starts a second child."""
+    from agents.models import Delegation
+    from agents.selectors import delegation_state
+    from agents.services import delegation_create
+
+    child_agent = Agent.objects.select_related("team").filter(name=agent_name).first()
+    if child_agent is None:
+        raise ValidationError({"agent": f"No agent named {agent_name!r}."})
+    if not child_agent.program:
+        raise ValidationError({"agent": f"{agent_name} has no program: Warden's workers cannot run it."})
+    program_load(child_agent.program)
+    if child_agent.status != AgentStatus.ACTIVE:
+        raise Conflict(f"{agent_name} is {child_agent.status}: only an active agent can run.", code="agent_not_active")
+    objective = _objective(objective)
+    with transaction.atomic():
+        locked = RunStep.objects.select_for_update().get(pk=step.pk)
+        if locked.child_id is not None:
+            return AgentRun.objects.get(pk=locked.child_id)
+        parent_hop = Delegation.objects.get(pk=parent.delegation_id) if parent.delegation_id else None
+        expires = timezone.now() + dt.timedelta(hours=CHILD_DELEGATION_HOURS)
+        if parent_hop is not None:
+            expires = min(expires, parent_hop.expires_at)
+        delegation = delegation_create(delegate=child_agent, by_agent=parent.agent, parent=parent_hop, scopes=scopes,
+                                       expires_at=expires, purpose=f"run {parent.pk} step {step.index}")
+        child = AgentRun.objects.create(
+            agent=child_agent, program=child_agent.program, objective=objective, source=RunSource.DELEGATION,
+            started_by=None, parent=parent, parent_step=step.index, delegation=delegation,
+            correlation_id=parent.correlation_id, label=flow.classification, label_sources=list(flow.sources))
+        chain = delegation_state(delegation, at=timezone.now()).chain
+        with correlation_scope(child.correlation_id):
+            audit_record(action="run.start", actor=parent.agent, agent=child_agent, resource=f"run:{child.pk}",
+                         outcome="queued", delegation_chain=chain,
+                         data_classification=Clearance(flow.classification).label if flow.classification else "",
+                         payload={"run_id": str(child.pk), "program": child_agent.program, "source": "delegation",
+                                  "objective": objective[:500], "parent_run": str(parent.pk),
+                                  "parent_step": step.index, "delegation_id": str(delegation.pk),
+                                  "scopes": list(delegation.scopes)})
+        RunStep.objects.filter(pk=step.pk).update(child=child)
+        run_enqueue_on_commit(child.pk)
+        run_changed_on_commit(child.pk, status=child.status)
+        run_changed_on_commit(parent.pk, step=step.index)
+    return child
+
+
+def child_ended(run: AgentRun) -> None:
+    """A child run ended (any way): its delegation is revoked now, and its parent goes on once this commits."""
+    if run.parent_id is None:
+        return
+    from agents.models import Delegation
+    from agents.services import delegation_revoke
+
+    if run.delegation_id is not None:
+        delegation_revoke(delegation=Delegation.objects.get(pk=run.delegation_id), by=None,
+                          reason=f"its run {run.pk} ended ({run.status})")
+    run_enqueue_on_commit(run.parent_id)
+
+
 def _close_steps(runs: list[AgentRun], reason: str) -> list:
     """Mark the open steps of cancelled runs; the Actions they hold or wait on.
 
@@ -109,6 +175,14 @@ def _cancel_runs(runs: list[AgentRun], *, by, reason: str) -> list:
                          payload={"run_id": str(run.pk), "program": run.program})
         run_changed_on_commit(run.pk, status=RunStatus.CANCELLED)
     action_ids = _close_steps(cancelled, reason)
+    for run in cancelled:
+        child_ended(AgentRun(pk=run.pk, parent_id=run.parent_id, delegation_id=run.delegation_id,
+                                          status=RunStatus.CANCELLED))
+    # What they delegated stops with them.
+    children = list(AgentRun.objects.select_for_update(of=("self",), no_key=True).select_related("agent__team")
+                    .filter(parent__in=[run.pk for run in cancelled], status__in=RUN_ACTIVE).order_by("pk"))
+    if children:
+        action_ids += _cancel_runs(children, by=by, reason=f"its parent run was {reason}")
     return action_ids
 
 
@@ -119,9 +193,6 @@ def run_cancel(*, run: AgentRun, by, reason: str = "") -> AgentRun:
     Two transactions, as a suspension: the run's status first (its worker sees it at the next step), then
     the approvals and actions, locked in the order the gate and the sweep lock them.
     """
-    from governance.approvals import approvals_withdraw
-    from governance.gate import actions_cancel
-
     reason = (reason or "").strip()[:500] or "cancelled"
     with transaction.atomic():
         locked = AgentRun.objects.select_for_update(of=("self",), no_key=True).select_related("agent__team").get(pk=run.pk)
@@ -129,20 +200,34 @@ def run_cancel(*, run: AgentRun, by, reason: str = "") -> AgentRun:
             raise Conflict(f"This run is {locked.status} already.", code="run_finished")
         who = by.get_username() if by is not None else "the system"
         action_ids = _cancel_runs([locked], by=by, reason=f"cancelled by {who}: {reason}")
-    if action_ids:
-        with correlation_scope(locked.correlation_id):
-            approvals_withdraw(agent=locked.agent, reason=f"run {locked.pk} was cancelled", action_ids=action_ids)
-            actions_cancel(agent=locked.agent, by=by, reason=f"run {locked.pk} was cancelled", action_ids=action_ids)
+    with correlation_scope(locked.correlation_id):
+        _release(action_ids, by=by, reason=f"run {locked.pk} was cancelled")
     return AgentRun.objects.get(pk=run.pk)
 
 
-@transaction.atomic
+def _release(action_ids, *, by, reason: str) -> None:
+    """What cancelled runs (a run and the children it delegated to) held or waited for, agent by agent."""
+    from governance.approvals import approvals_withdraw
+    from governance.gate import actions_cancel
+
+    by_agent: dict = {}
+    for action in Action.objects.filter(pk__in=list(action_ids)).select_related("agent"):
+        by_agent.setdefault(action.agent_id, (action.agent, []))[1].append(action.pk)
+    for agent, ids in by_agent.values():
+        approvals_withdraw(agent=agent, reason=reason, action_ids=ids)
+        actions_cancel(agent=agent, by=by, reason=reason, action_ids=ids)
+
+
 def runs_cancel_for_agent(*, agent: Agent, by, reason: str) -> int:
-    """The kill switch's part in the runtime: every active run of the agent stops at once (its open actions
-    and approvals are cancelled by agent_suspend / agent_retire right after)."""
-    runs = list(AgentRun.objects.select_for_update(of=("self",), no_key=True).select_related("agent__team")
-                .filter(agent=agent, status__in=RUN_ACTIVE).order_by("pk"))
-    _cancel_runs(runs, by=by, reason=reason)
+    """The kill switch's part in the runtime: every active run of the agent stops at once (its own open actions
+    and approvals are cancelled by agent_suspend / agent_retire right after; those of the runs it delegated
+    to, here)."""
+    with transaction.atomic():
+        runs = list(AgentRun.objects.select_for_update(of=("self",), no_key=True).select_related("agent__team")
+                    .filter(agent=agent, status__in=RUN_ACTIVE).order_by("pk"))
+        action_ids = _cancel_runs(runs, by=by, reason=reason)
+    others = Action.objects.filter(pk__in=action_ids).exclude(agent=agent).values_list("pk", flat=True)
+    _release(list(others), by=by, reason=reason)
     return len(runs)
 
 
@@ -175,6 +260,7 @@ def runs_recover(*, now: dt.datetime | None = None, limit: int = 200) -> int:
     now = now or timezone.now()
     cutoff = now - dt.timedelta(seconds=settings.WARDEN_RUN_STALL_SECONDS)
     stalled = list(AgentRun.objects.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING], heartbeat_at__lt=cutoff)
+                   .exclude(children__status__in=RUN_ACTIVE)  # waiting for a child run: its end sends it on
                    .order_by("heartbeat_at").values_list("pk", flat=True)[:limit])
     decided = list(RunStep.objects.filter(status=StepStatus.WAITING_APPROVAL, run__status=RunStatus.WAITING_APPROVAL)
                    .exclude(action__outcome=ActionOutcome.PENDING_APPROVAL)

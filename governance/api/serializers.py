@@ -202,6 +202,14 @@ class DataViewInput(serializers.Serializer):
     classification = serializers.ChoiceField(choices=[label for _, label in Clearance.choices])
     team = serializers.SlugRelatedField(slug_field="name", queryset=Team.objects.all())
     description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    source = serializers.CharField(max_length=300, required=False, allow_blank=True,
+                                   help_text="file:<path>.jsonl|.csv under WARDEN_DATA_DIR, or table:<alias>:<table>")
+    columns = serializers.ListField(child=serializers.CharField(max_length=63), required=False, max_length=100)
+    masks = serializers.DictField(child=serializers.ChoiceField(choices=[label for _, label in Clearance.choices]),
+                                  required=False, help_text="{column: clearance needed to see it unmasked}")
+    row_rules = serializers.ListField(child=serializers.DictField(), required=False, max_length=20,
+                                      help_text='[{"below": clearance, "column": c, "in": [values]}]')
+    max_rows = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
 
 
 class DataViewUpdateInput(serializers.Serializer):
@@ -209,6 +217,14 @@ class DataViewUpdateInput(serializers.Serializer):
     team = serializers.SlugRelatedField(slug_field="name", queryset=Team.objects.all(), required=False)
     description = serializers.CharField(max_length=2000, required=False, allow_blank=True)
     active = serializers.BooleanField(required=False)
+    source = serializers.CharField(max_length=300, required=False, allow_blank=True,
+                                   help_text="file:<path>.jsonl|.csv under WARDEN_DATA_DIR, or table:<alias>:<table>")
+    columns = serializers.ListField(child=serializers.CharField(max_length=63), required=False, max_length=100)
+    masks = serializers.DictField(child=serializers.ChoiceField(choices=[label for _, label in Clearance.choices]),
+                                  required=False, help_text="{column: clearance needed to see it unmasked}")
+    row_rules = serializers.ListField(child=serializers.DictField(), required=False, max_length=20,
+                                      help_text='[{"below": clearance, "column": c, "in": [values]}]')
+    max_rows = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
 
 
 class DataViewOutput(serializers.Serializer):
@@ -220,6 +236,35 @@ class DataViewOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     updated_by = serializers.CharField(source="updated_by.username", default=None)
+    source = serializers.CharField()
+    columns = serializers.ListField(child=serializers.CharField())
+    masks = serializers.DictField(child=serializers.CharField())
+    row_rules = serializers.ListField(child=serializers.DictField())
+    max_rows = serializers.IntegerField()
+
+
+class DataReadInput(serializers.Serializer):
+    filters = serializers.DictField(required=False, default=dict, help_text="{column: value} equalities")
+    columns = serializers.ListField(child=serializers.CharField(max_length=63), required=False, max_length=100)
+    limit = serializers.IntegerField(min_value=1, required=False)
+    purpose = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    correlation_id = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{7,127}$", required=False)
+    idempotency_key = serializers.CharField(max_length=128, required=False, allow_blank=False,
+                                            help_text="Ask again with the same key once a person approved it.")
+    validate_idempotency_key = ActionRequestInput.validate_idempotency_key
+
+
+class DataReadOutput(serializers.Serializer):
+    action = serializers.UUIDField()
+    outcome = serializers.CharField()
+    reasons = serializers.ListField(child=serializers.CharField())
+    view = serializers.CharField()
+    classification = serializers.CharField()
+    columns = serializers.ListField(child=serializers.CharField())
+    masked = serializers.ListField(child=serializers.CharField())
+    rows = serializers.ListField(child=serializers.DictField())
+    count = serializers.IntegerField()
+    truncated = serializers.BooleanField()
 
 
 class ActionWaitInput(serializers.Serializer):

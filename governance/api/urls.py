@@ -31,6 +31,7 @@ urlpatterns = [
          name="api-budget-increase-requests"),
     path("data-views/", views.DataViewListView.as_view(), name="api-data-views"),
     path("data-views/<slug:name>/", views.DataViewDetailView.as_view(), name="api-data-view"),
+    path("data-views/<slug:name>/read/", views.DataViewReadView.as_view(), name="api-data-view-read"),
     path("", include("agents.api.urls")),
     path("", include("billing.api.urls")),
     path("", include("audit.api.urls")),

@@ -298,6 +298,28 @@ class DataViewListView(CapabilityView):
                         status=status.HTTP_201_CREATED)
 
 
+class DataViewReadView(APIView):
+    """An agent reads a data view through the gate: the rows its clearance allows, or the gate's answer."""
+
+    permission_classes = [IsAgent]
+
+    @extend_schema(request=s.DataReadInput, responses=s.DataReadOutput)
+    def post(self, request, name):
+        from governance.dataviews import data_view_read
+
+        data = valid(s.DataReadInput, request.data)
+        principal: AgentPrincipal = request.user
+        with correlation_scope(data.get("correlation_id") or get_correlation_id()):
+            action, rows = data_view_read(agent=principal.agent, key=principal.key, view_name=name,
+                                          filters=data["filters"], columns=data.get("columns"),
+                                          limit=data.get("limit"), idempotency_key=data.get("idempotency_key"),
+                                          purpose=data["purpose"])
+        served = rows.as_dict() if rows is not None else {"view": name, "classification": "", "columns": [],
+                                                           "rows": [], "masked": [], "truncated": False, "count": 0}
+        return Response(s.DataReadOutput({"action": action.pk, "outcome": action.outcome, "reasons": action.reasons,
+                                          **served}).data)
+
+
 class DataViewDetailView(CapabilityView):
     capabilities = {"GET": "data_view.view", "PATCH": "data_view.manage"}
 

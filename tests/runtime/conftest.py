@@ -13,7 +13,8 @@ PROGRAMS = "tests.runtime.programs"
 def runtime_settings(settings):
     settings.WARDEN_AGENT_PROGRAMS = [*settings.WARDEN_AGENT_PROGRAMS, *(f"{PROGRAMS}.{name}" for name in (
         "ask", "steps", "careful", "big", "structured", "planned", "endless", "fickle", "reader", "fetch", "mailer",
-        "searcher", "swallow", "unjudgeable", "oversized", "strange_text", "stubborn"))]
+        "searcher", "swallow", "unjudgeable", "oversized", "strange_text", "stubborn", "analyse", "leak", "send", "boss", "hand_off",
+        "bad_reads"))]
     settings.WARDEN_LLM_UPSTREAMS = json.dumps({"*": "simulated"})
     settings.WARDEN_SIMULATED_LATENCY_MS = 0
     settings.WARDEN_SIMULATED_INVALID_PERCENT = 0

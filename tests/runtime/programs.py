@@ -116,3 +116,43 @@ def stubborn(ctx, objective):
     except BaseException:  # noqa: BLE001 - the point of this program
         pass
     return "done without waiting"
+
+
+def analyse(ctx, objective):
+    """Reads new customers, asks a model about them, files the answer with a tool: a label on every step."""
+    rows = ctx.read("customers", segment="new")
+    summary = ctx.llm("local-llm", [{"role": "user", "content": f"Summarise: {rows['rows']}"}], max_tokens=60)
+    filed = ctx.tool("search", query=summary.text[:100])
+    return {"summary": summary.text, "count": rows["count"], "filed": bool(filed)}
+
+
+def leak(ctx, objective):
+    """Reads customers, then tries to send what it read to an outside endpoint (objective: the URL)."""
+    rows = ctx.read("customers", columns=["company", "email"], limit=3)
+    return ctx.tool("http.get", url=f"{objective}?emails={','.join(str(r['email']) for r in rows['rows'])}")
+
+
+def send(ctx, objective):
+    """Sends something to an outside endpoint (objective: the URL) without having read any data."""
+    return ctx.tool("http.get", url=objective)
+
+
+def boss(ctx, objective):
+    """Hands the analysis to another agent, then asks the model about what came back."""
+    done = ctx.delegate("analyst", objective, scopes=["data.read", "llm.call", "tool.call"])
+    reply = ctx.llm("local-llm", [{"role": "user", "content": f"Decide on: {done['result']}"}], max_tokens=30)
+    return {"child": done["run"], "label": done["label"], "decision": reply.text}
+
+
+def hand_off(ctx, objective):
+    """Reads customers, then hands a summary to another agent (objective: the agent's name)."""
+    rows = ctx.read("customers", limit=2)
+    return ctx.delegate(objective, f"Welcome {rows['rows'][0]['company']}", scopes=["llm.call"])
+
+
+def bad_reads(ctx, objective):
+    """One bad read after another (objective: which)."""
+    asks = {"unknown": lambda: ctx.read("nowhere"), "column": lambda: ctx.read("customers", colour="red"),
+            "limit": lambda: ctx.read("customers", limit=10_000),
+            "masked": lambda: ctx.read("customers", columns=["company", "email"])}
+    return asks[objective]()

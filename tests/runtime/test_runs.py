@@ -159,10 +159,10 @@ def test_a_plan_is_validated_before_any_step_runs_and_kept_on_the_run(runner_age
     assert kinds == ["plan", *["llm"] * len(run.plan["steps"])]
 
 
-def test_reading_a_data_view_is_refused_clearly_until_views_serve_rows(runner_agent, start):
+def test_reading_an_unknown_data_view_is_refused_clearly_and_nothing_is_asked(runner_agent, start):
     run = start(runner_agent("reader"))
     assert drive(run) == "finished" and run.status == "failed"
-    assert "reading data views is not available" in run.error
+    assert "No such data view" in run.error
     step = RunStep.objects.get(run=run)
     assert step.status == "refused" and step.action_id is None
     assert AuditEvent.objects.filter(correlation_id=run.correlation_id, action="run.step.refuse").count() == 1

@@ -1,0 +1,103 @@
+"""Information flow: data may go only where it is cleared to go.
+
+Every request that sends something out (a model call, a tool, an HTTP call, a delegation) carries a
+*label*: the highest classification of the data the caller has seen, with where it came from. The
+receiver has a *clearance* (a data sink's, or the delegate agent's). The gate denies a label above the
+clearance, naming the source ("derived from customers (confidential) at step 3 of run ..."), unless a
+policy escalates the request to a person (Cedar sees `context.data_classification` and
+`context.sink_clearance`).
+
+Where the label comes from is never the caller's word:
+
+- Warden's runtime passes the run's label (agents/runtime: it rises with every step that returns data,
+  and a child run starts with its parent's);
+- an agent over the REST API carries what it read through Warden (allowed `data.read` actions) within
+  WARDEN_FLOW_WINDOW_HOURS; a `context.data_classification` it declares may raise that, never lower it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from agents.models import Agent, Clearance
+
+OUTBOUND = ("llm.call", "tool.call", "tool.http", "external.call", "agent.delegate")
+SINK_KIND = {"llm.call": "model", "tool.call": "tool", "tool.http": "endpoint", "external.call": "endpoint"}
+# Without a data sink of their own or a "*" of their kind: models and tools see internal data, the outside
+# world public data only.
+DEFAULT_SINK = {"model": Clearance.INTERNAL, "tool": Clearance.INTERNAL, "endpoint": Clearance.PUBLIC}
+RUNTIME_KEY_PREFIX = "run:"
+
+
+@dataclass(frozen=True)
+class Flow:
+    classification: int = Clearance.PUBLIC
+    sources: tuple = ()  # ({"view", "classification", "step"?, "run"?, "action"?}, ...), most sensitive first
+
+    def describe(self) -> str:
+        if not self.sources:
+            return f"carries {Clearance(self.classification).label} data"
+        parts = []
+        for source in self.sources[:3]:
+            where = ""
+            if source.get("step") is not None:
+                where = f" at step {source['step']}"
+                if source.get("run"):
+                    where += f" of run {str(source['run'])[:8]}"
+            elif source.get("action"):
+                where = f" (read over the API, action {str(source['action'])[:8]})"
+            parts.append(f"{source['view']} ({source['classification']}){where}")
+        return "derived from " + ", ".join(parts)
+
+    def as_dict(self) -> dict:
+        return {"classification": Clearance(self.classification).label, "sources": list(self.sources)}
+
+
+def merge(*flows: Flow) -> Flow:
+    """The label of something derived from all of these: the highest, with every source, most sensitive first."""
+    sources, seen = [], set()
+    for flow in flows:
+        for source in flow.sources:
+            key = (source.get("view"), source.get("run"), source.get("step"), source.get("action"))
+            if key not in seen:
+                seen.add(key)
+                sources.append(dict(source))
+    sources.sort(key=lambda s: -Clearance.labels.index(s["classification"]))
+    return Flow(max([Clearance.PUBLIC, *(flow.classification for flow in flows)]), tuple(sources[:20]))
+
+
+def sink_clearance(*, action: str, resource: str, host: str | None = None) -> tuple[int, str]:
+    """How sensitive data the receiver of this request may get, and what to call it in a reason."""
+    from .models import DataSink
+
+    if action == "agent.delegate":
+        clearance = Agent.objects.filter(name=resource).values_list("clearance", flat=True).first()
+        return (Clearance.PUBLIC if clearance is None else clearance), f"agent {resource}"
+    kind = SINK_KIND[action]
+    name = host if kind == "endpoint" and host else resource
+    found = dict(DataSink.objects.filter(kind=kind, name__in=[name, "*"]).values_list("name", "clearance"))
+    clearance = found.get(name, found.get("*", DEFAULT_SINK[kind]))
+    return clearance, f"{kind} {name}"
+
+
+def api_flow(*, agent_id, now: dt.datetime, declared: int | None) -> Flow:
+    """What an agent acting over the REST API is taken to hold: the data it was allowed to read through Warden
+    lately (not by Warden's runtime, whose runs carry their own labels), or more if it says so."""
+    from .models import Action, ActionOutcome
+
+    since = now - dt.timedelta(hours=settings.WARDEN_FLOW_WINDOW_HOURS)
+    reads = (Action.objects.filter(agent_id=agent_id, action="data.read", outcome=ActionOutcome.ALLOWED,
+                                   created_at__gte=since)
+             .exclude(idempotency_key__startswith=RUNTIME_KEY_PREFIX)
+             .order_by("-created_at").values_list("pk", "resource", "cedar_context")[:200])
+    flows = [Flow(context.get("data_classification", 0),
+                  ({"view": resource, "classification": Clearance(context.get("data_classification", 0)).label,
+                    "action": str(pk)},))
+             for pk, resource, context in reads]
+    if declared is not None:
+        flows.append(Flow(declared, ({"view": "data the agent declares", "classification":
+                                      Clearance(declared).label},)))
+    return merge(*flows)
