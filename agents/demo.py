@@ -14,7 +14,8 @@ from governance.services import policy_create
 from . import services
 from .models import Agent, Clearance, Team
 
-TEAMS = {"research": "Research", "support": "Customer Support", "finance-ops": "Finance Operations"}
+TEAMS = {"research": "Research", "support": "Customer Support", "finance-ops": "Finance Operations",
+         "onboarding": "Customer Onboarding"}
 ROLES = {
     "llm-user": ("Calls language models", ["llm.call"]),
     "researcher": ("Models, web tools and internal data", ["llm.call", "tool.call", "tool.http", "data.read"]),
@@ -27,11 +28,13 @@ PRICES = [
     ("model", "gpt-4o", 2_500_000, 10_000_000, 0),
     ("model", "claude-haiku", 800_000, 4_000_000, 0),
     ("model", "claude-sonnet", 3_000_000, 15_000_000, 0),
+    ("model", "local-llm", 100_000, 100_000, 0),  # self-hosted: cleared for confidential data (DATA_SINKS)
     ("tool", "web-search", 0, 0, 5_000),
     ("tool", "pdf-reader", 0, 0, 1_000),
     ("tool", "planner", 0, 0, 0),
     ("tool", "payments-api", 0, 0, 20_000),
     ("tool", "ocr", 0, 0, 15_000),
+    ("endpoint", "hooks.partner-crm.example", 0, 0, 2_000),
     ("tool", "email.send", 0, 0, 100),
     ("endpoint", "api.stripe.com", 0, 0, 0),
     ("endpoint", "*", 0, 0, 1_000),  # every other host reached over HTTP
@@ -42,7 +45,19 @@ DATA_VIEWS = [
     ("support-tickets", Clearance.INTERNAL, "support", "Open and recent customer tickets."),
     ("crm-contacts", Clearance.CONFIDENTIAL, "support", "Customer names, e-mail addresses and plans."),
     ("supplier-invoices", Clearance.RESTRICTED, "finance-ops", "Invoices with bank details."),
+    ("customers", Clearance.CONFIDENTIAL, "onboarding", "Customer accounts: company, contact, e-mail, plan, "
+     "seats. Contacts and e-mails masked below confidential; below that, only new customers' rows."),
 ]
+# What the demo's views serve (governance/dataviews.py): demo_data/ files.
+DATA_VIEW_SOURCES = {
+    "customers": {"source": "file:customers.jsonl",
+                  "columns": ["id", "company", "contact", "email", "plan", "region", "stage", "seats", "mrr_usd",
+                              "segment"],
+                  "masks": {"contact": "confidential", "email": "confidential", "mrr_usd": "internal"},
+                  "row_rules": [{"below": "confidential", "column": "segment", "in": ["new"]}], "max_rows": 50},
+}
+# How sensitive data each receiver may get (besides the defaults: models and tools internal, endpoints public).
+DATA_SINKS = [("model", "local-llm", Clearance.CONFIDENTIAL, "self-hosted in the company's own cloud")]
 # (scope, team, monthly limit in micro-dollars, over the limit)
 BUDGETS = [
     ("organisation", None, 500_000_000, "deny"),
@@ -61,6 +76,14 @@ FLEET = [
      ["gpt-4o-mini"], ["payments-api", "email.send"], Clearance.CONFIDENTIAL, f"{PROGRAMS}.refund_helper"),
     ("invoice-reader", "finance-ops", ["researcher"], "Extracts line items from supplier invoices.",
      ["claude-haiku"], ["ocr"], Clearance.RESTRICTED, f"{PROGRAMS}.invoice_reader"),
+    # The onboarding team: the lead decides, the analyst reads customer data, the writer talks to customers.
+    ("onboarding-lead", "onboarding", ["orchestrator", "researcher"],
+     "Decides onboarding priorities; hands analysis and customer mail to its team.",
+     ["local-llm"], [], Clearance.CONFIDENTIAL, f"{PROGRAMS}.onboarding_lead"),
+    ("onboarding-analyst", "onboarding", ["researcher"], "Profiles new customers from the customer data view.",
+     ["local-llm"], [], Clearance.CONFIDENTIAL, f"{PROGRAMS}.onboarding_analyst"),
+    ("welcome-writer", "onboarding", ["researcher"], "Drafts welcome notes; posts them to the partner agency's CRM.",
+     ["local-llm", "gpt-4o-mini"], ["partner-crm"], Clearance.CONFIDENTIAL, f"{PROGRAMS}.welcome_writer"),
 ]
 # A small agent budget: the invoice reader runs out of money in its first runs (a run stopped by a budget).
 AGENT_BUDGETS = [("invoice-reader", 50_000, "deny")]
@@ -78,6 +101,7 @@ SCHEDULES = [
     ("ticket-triage", "Question about adding a VAT number to past invoices", 120),
     ("refund-helper", "Refund a double charge on the annual plan for the Berlin office", 180),
     ("invoice-reader", "Supplier invoices of the week", 120),
+    ("onboarding-lead", "This week's new customers", 240),
 ]
 
 
@@ -116,10 +140,19 @@ def demo_fleet_ensure(*, owner_username: str = "admin") -> list[str]:
     from governance.models import DataView
     from governance.services import data_view_create
 
+    from governance.models import DataSink
+    from governance.services import data_view_update
+
     for name, classification, team_name, description in DATA_VIEWS:
-        if not DataView.objects.filter(name=name).exists():
+        view = DataView.objects.filter(name=name).first()
+        if view is None:
             data_view_create(name=name, classification=classification, team=Team.objects.get(name=team_name),
-                             description=description, by=owner)
+                             description=description, by=owner, **DATA_VIEW_SOURCES.get(name, {}))
+        elif name in DATA_VIEW_SOURCES and not view.source:  # a demo database from before views served data
+            data_view_update(view=view, by=owner, **DATA_VIEW_SOURCES[name])
+    for kind, name, clearance, note in DATA_SINKS:
+        DataSink.objects.get_or_create(kind=kind, name=name, defaults={"clearance": clearance, "note": note,
+                                                                       "updated_by": owner})
     created = []
     for name, team, roles, description, models, tools, clearance, program in FLEET:
         existing = Agent.objects.filter(name=name).first()

@@ -46,7 +46,7 @@ def _run_context(request, run) -> dict:
     if waiting is not None and waiting.action_id and can(request.user, "approval.view"):
         approval_id = approval_list(user=request.user).filter(action_id=waiting.action_id).values_list(
             "pk", flat=True).first()
-    return {"run": run, "steps": steps, "can_cancel": can(request.user, "run.cancel") and run.active,
+    return {"run": run, "run_id": str(run.pk), "steps": steps, "can_cancel": can(request.user, "run.cancel") and run.active,
             "can_read_audit": can(request.user, "audit.view"),
             "simulated": any(step.provider == "simulated" for step in steps),
             "waiting": waiting, "waiting_approval_id": approval_id}

@@ -78,7 +78,27 @@ class DataViewForm(forms.Form):
 
 class DataViewEditForm(DataViewForm):
     active = forms.BooleanField(required=False, help_text="A retired view is denied to every agent.")
+    source = forms.CharField(max_length=300, required=False,
+                             help_text="file:customers.jsonl (under WARDEN_DATA_DIR) or table:<alias>:<table>; "
+                                       "empty: classified, not served.")
+    columns = forms.CharField(max_length=2000, required=False, help_text="The columns it exposes, comma-separated.")
+    masks = forms.JSONField(required=False, widget=forms.Textarea(attrs={"rows": 2}),
+                            help_text='{"email": "confidential"}: masked for readers below that clearance.')
+    row_rules = forms.JSONField(required=False, widget=forms.Textarea(attrs={"rows": 2}),
+                                help_text='[{"below": "confidential", "column": "segment", "in": ["new"]}]: '
+                                          "readers below that clearance see only those rows.")
+    max_rows = forms.IntegerField(min_value=1, max_value=10_000, required=False,
+                                  help_text="The most rows one read returns (empty: unchanged).")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         del self.fields["name"]
+
+    def clean_columns(self) -> list[str]:
+        return [column.strip() for column in self.cleaned_data["columns"].split(",") if column.strip()]
+
+    def clean_masks(self):
+        return self.cleaned_data["masks"] or {}
+
+    def clean_row_rules(self):
+        return self.cleaned_data["row_rules"] or []

@@ -203,6 +203,23 @@ def data_view_list(*, user) -> QuerySet[DataView]:
     return DataView.objects.select_related("team", "updated_by")
 
 
+def data_sink_list(*, user) -> list:
+    """Every receiver with a clearance of its own, and the defaults of each kind (governance/flow.py)."""
+    from agents.models import Clearance
+
+    from .flow import DEFAULT_SINK
+    from .models import DataSink
+
+    if not can(user, "data_view.view"):
+        return []
+    rows = [{"kind": sink.kind, "name": sink.name, "clearance": sink.get_clearance_display(), "note": sink.note}
+            for sink in DataSink.objects.all()]
+    listed = {(row["kind"], row["name"]) for row in rows}
+    rows += [{"kind": kind, "name": "*", "clearance": Clearance(value).label, "note": "default"}
+             for kind, value in DEFAULT_SINK.items() if (kind, "*") not in listed]
+    return sorted(rows, key=lambda row: (row["kind"], row["name"] != "*", row["name"]))
+
+
 def data_view_get(*, user, name) -> DataView:
     from django.http import Http404
 

@@ -334,7 +334,8 @@ WARDEN_HTTP_THREADS = envint("WARDEN_HTTP_THREADS", 8)
 # Programs an agent may name (dotted paths); a name outside this list is refused at registration and at run.
 WARDEN_AGENT_PROGRAMS = envlist("WARDEN_AGENT_PROGRAMS", ",".join(
     f"agents.runtime.demo.{name}" for name in ("pipeline", "paper_scout", "ticket_triage", "refund_helper",
-                                               "invoice_reader")))
+                                               "invoice_reader", "onboarding_lead", "onboarding_analyst",
+                                               "welcome_writer")))
 # Tools the runtime offers besides http.get and email.send: dotted paths to Tool objects or lists of them.
 WARDEN_TOOLS = envlist("WARDEN_TOOLS", "agents.runtime.demo.TOOLS")
 # Where model calls go: a JSON object from model name (or fnmatch pattern, most specific first) to "simulated"

@@ -445,7 +445,7 @@ def data_view_list(request):
                 return redirect("governance:data-views")
     return render(request, "governance/data_view_list.html", {
         "views": selectors.data_view_list(user=request.user), "form": form,
-        "can_manage": can(request.user, "data_view.manage"),
+        "can_manage": can(request.user, "data_view.manage"), "sinks": selectors.data_sink_list(user=request.user),
     }, status=400 if form.errors else 200)
 
 
@@ -454,6 +454,8 @@ def data_view_edit(request, name):
     view = selectors.data_view_get(user=request.user, name=name)
     form = DataViewEditForm(request.POST or None, initial={
         "classification": view.classification, "team": view.team, "description": view.description, "active": view.active,
+        "source": view.source, "columns": ", ".join(view.columns), "masks": view.masks, "row_rules": view.row_rules,
+        "max_rows": view.max_rows,
     })
     if request.method == "POST" and form.is_valid():
         try:

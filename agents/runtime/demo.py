@@ -48,6 +48,10 @@ def _ocr(args: dict) -> dict:
                     f"lines: 3 x widgets @ 12.50; 1 x freight @ 40.00; total 77.50 EUR; IBAN DE00 0000 0000"}
 
 
+def _partner_crm(args: dict) -> dict:
+    return {"accepted": True, "customer": args["customer"], "simulated": True}
+
+
 TOOLS = [
     Tool(name="web-search", description="Search the web (simulated: made-up but plausible results).",
          schema={"type": "object", "required": ["query"], "additionalProperties": False,
@@ -67,6 +71,13 @@ TOOLS = [
          schema={"type": "object", "required": ["document"], "additionalProperties": False,
                  "properties": {"document": {"type": "string", "maxLength": 100}}},
          run=_ocr, price_micros=15_000, simulated=True),
+    Tool(name="partner-crm", description="Post an onboarding note to the partner agency's CRM webhook, outside the "
+                                         "company (simulated).",
+         schema={"type": "object", "required": ["customer", "note"], "additionalProperties": False,
+                 "properties": {"customer": {"type": "string", "maxLength": 100},
+                                "note": {"type": "string", "maxLength": 4000}}},
+         run=_partner_crm, action="tool.http", resource=lambda args: "https://hooks.partner-crm.example/onboarding",
+         simulated=True),
 ]
 
 
@@ -178,3 +189,48 @@ def invoice_reader(ctx, objective):
         ], max_tokens=2000, response_schema=INVOICE_SCHEMA)
         extracted.append(reply.data)
     return {"invoices": extracted}
+
+
+# --- the onboarding team: analysis, decision, communication -----------------------------------------------
+
+
+def onboarding_lead(ctx, objective):
+    """The decision agent: has the analyst profile the new customers, decides who gets a kickoff call, and
+    has the welcome writer tell the customers. What it hands on carries the customer data's label."""
+    analysis = ctx.delegate("onboarding-analyst", f"Profile the new customers: {objective}",
+                            scopes=["data.read", "llm.call"])
+    summary = (analysis.get("result") or {}).get("summary", "")
+    decision = ctx.llm("local-llm", [
+        {"role": "system", "content": "You decide onboarding priorities. Two lines."},
+        {"role": "user", "content": f"Analysis: {summary}. Who gets a kickoff call this week?"},
+    ], max_tokens=80)
+    welcome = ctx.delegate("welcome-writer", f"Welcome the new customers. Decision: {decision.text}",
+                           scopes=["llm.call", "tool.http"])
+    return {"analysis_run": analysis["run"], "decision": decision.text, "welcome": welcome.get("result"),
+            "label": welcome["label"]}
+
+
+def onboarding_analyst(ctx, objective):
+    """The analysis agent: reads the customer view (confidential; masked below that) and summarises it."""
+    rows = ctx.read("customers", segment="new", limit=10)
+    listing = "; ".join(f"{row['company']} ({row['plan']}, {row['seats']} seats, {row['region']})"
+                        for row in rows["rows"])
+    reply = ctx.llm("local-llm", [
+        {"role": "system", "content": "Profile these new customers in three lines: size, plan, risks."},
+        {"role": "user", "content": listing or "no new customers"},
+    ], max_tokens=120)
+    return {"summary": reply.text, "customers": rows["count"], "masked": rows["masked"]}
+
+
+def welcome_writer(ctx, objective):
+    """The communication agent: drafts the welcome, and tries to post it to the partner agency's CRM, outside
+    the company. What it drafts derives from the customer data: the flow rule stops it, and it says so."""
+    draft = ctx.llm("local-llm", [
+        {"role": "system", "content": "Draft a two-line welcome note for new customers."},
+        {"role": "user", "content": objective},
+    ], max_tokens=80)
+    try:
+        posted = ctx.tool("partner-crm", customer="new customers", note=draft.text)
+    except Denied as denial:
+        return {"draft": draft.text, "posted": False, "why": denial.reasons}
+    return {"draft": draft.text, "posted": posted.get("accepted", False)}

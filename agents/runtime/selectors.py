@@ -14,7 +14,7 @@ from ..models import AgentRun, RunSchedule, RunStep
 def run_list(*, user) -> QuerySet[AgentRun]:
     if not can(user, "run.view"):
         raise PermissionDenied("run.view")
-    return AgentRun.objects.select_related("agent__team", "started_by", "schedule")
+    return AgentRun.objects.select_related("agent__team", "started_by", "schedule", "parent__agent", "delegation")
 
 
 def run_get(*, user, run_id) -> AgentRun:

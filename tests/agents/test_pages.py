@@ -162,7 +162,7 @@ def test_seed_demo_is_safe_to_run_twice(db, settings, capsys):
     call_command("seed_demo")
     call_command("seed_demo")
     out = capsys.readouterr().out
-    assert "Demo fleet: 5 agents (0 new)" in out
+    assert "Demo fleet: 8 agents (0 new)" in out
     assert Agent.objects.count() == 5
     from django.contrib.auth import get_user_model
 

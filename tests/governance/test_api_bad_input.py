@@ -24,6 +24,7 @@ NASTY_QUERY = ["%00", "'", "0001-01", "9999-12", "-1", "x" * 3000, "２０２６
 # Which credential exercises each part of the API past its permission check.
 ACTOR_BY_PREFIX = [
     ("/api/v1/actions/", "agent"), ("/api/v1/delegations/", "agent"), ("/api/v1/agents/me/", "agent"),
+    ("/api/v1/data-views/{name}/read/", "agent"),
     ("/api/v1/budgets/", "finance"), ("/api/v1/prices/", "finance"), ("/api/v1/spend/", "finance"),
     ("/api/v1/notifications/", "finance"), ("/api/v1/audit/", "security"), ("/api/v1/", "admin"),
 ]

@@ -146,3 +146,47 @@ def test_a_run_is_cancelled_from_its_page_and_the_page_says_so_at_once(runner_ag
     assert {step.status for step in steps[:-1]} == {"succeeded"} and steps[-1].status in ("succeeded", "cancelled")
     assert not Action.objects.filter(agent=run.agent, outcome="allowed", status="decided").exists()  # none open
     assert BudgetPeriod.objects.aggregate(total=Sum("reserved_micros"))["total"] in (None, 0)
+
+
+def test_the_onboarding_teams_leak_is_stopped_and_the_run_pages_show_labels_and_the_reason(worker, personas,
+                                                                                           settings):
+    """The demo's onboarding team run by a real worker (one process: a parent waiting for its child holds
+    none): the lead delegates to the analyst, then to the welcome writer, whose post to the partner CRM is
+    denied by the flow rule. The pages say where the data came from."""
+    from django.core.management import call_command
+
+    from agents.models import Agent
+    from agents.runtime.services import run_start
+
+    settings.WARDEN_DEMO_PASSWORD = PASSWORD
+    call_command("seed_demo", stdout=open(os.devnull, "w"))
+    run = run_start(agent=Agent.objects.get(name="onboarding-lead"), objective="This week's new customers",
+                    by=personas["admin"])
+    with asgi_server() as url, chromium() as browser:
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        sign_in(page, url, "security-user", PASSWORD)
+        page.wait_for_url(f"{url}/")
+        page.goto(f"{url}/runs/{run.pk}/")
+        page.wait_for_selector("#live-status:has-text('live')")
+        page.wait_for_selector(".run-facts[data-status='succeeded']", timeout=90_000)
+        assert "confidential" in page.inner_text("#run-label")
+        page.screenshot(path=str(SHOTS / "onboarding-lead.png"), full_page=True)
+
+        writer_run = AgentRun.objects.get(parent=run, agent__name="welcome-writer")
+        page.click(f"#step-rows a[href='/runs/{writer_run.pk}/']")
+        page.wait_for_url(f"{url}/runs/{writer_run.pk}/")
+        denied = page.locator("#step-rows tr[data-status='denied']")
+        assert denied.count() == 1
+        text = denied.inner_text()
+        assert "partner-crm" in text and "carries confidential" in text
+        assert "data flow: endpoint hooks.partner-crm.example is cleared for public data" in text
+        assert "derived from customers (confidential) at step 0" in text
+        assert "Delegated by a run of onboarding-lead" in page.inner_text("body")
+        page.screenshot(path=str(SHOTS / "onboarding-writer-denied.png"), full_page=True)
+
+        page.click("text=audit trace")
+        page.wait_for_selector("text=gate.tool.http")
+        page.screenshot(path=str(SHOTS / "onboarding-trace.png"), full_page=True)
+        page.goto(f"{url}/data-views/")
+        assert "Where data may go" in page.content()
+        page.screenshot(path=str(SHOTS / "data-views-serving.png"), full_page=True)

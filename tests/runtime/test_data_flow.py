@@ -260,3 +260,38 @@ def test_an_agent_over_the_api_carries_what_it_read_whatever_it_declares(make_ag
     raised = {**body, "context": {"data_classification": "restricted"}}
     held = other.post("/api/v1/actions/", raised, format="json").json()
     assert held["outcome"] == "denied" and "data the agent declares (restricted)" in held["reasons"][0]
+
+
+def test_an_admin_makes_a_view_serve_data_from_its_page_and_bad_input_comes_back(client_for, customers):
+    admin = client_for("admin")
+    page = admin.get("/data-views/").content.decode()
+    assert "serves <code>file:customers.jsonl</code>" in page and "email below confidential" in page
+    assert "Where data may go" in page and "endpoint <code>*</code>" in page
+    base = {"classification": "2", "team": customers.team.name, "description": "", "active": "on",
+            "source": "file:customers.jsonl", "columns": "id, company, email", "max_rows": "20"}
+    bad = admin.post("/data-views/customers/", {**base, "masks": '{"email": "secret"}', "row_rules": "[]"})
+    assert bad.status_code == 400 and "A clearance: one of public" in bad.content.decode()
+    broken = admin.post("/data-views/customers/", {**base, "masks": "{not json", "row_rules": "[]"})
+    assert broken.status_code == 400 and "Enter a valid JSON" in broken.content.decode()
+    customers.refresh_from_db()
+    assert customers.max_rows == 50 and "contact" in customers.columns  # nothing changed
+    ok = admin.post("/data-views/customers/", {**base, "masks": '{"email": "confidential"}', "row_rules": "[]"})
+    assert ok.status_code == 302
+    customers.refresh_from_db()
+    assert (customers.columns, customers.masks, customers.max_rows) == (["id", "company", "email"],
+                                                                        {"email": "confidential"}, 20)
+    assert AuditEvent.objects.filter(action="data_view.update").exists()
+
+
+def test_no_shape_of_read_request_is_a_server_error(make_agent, agent_client, customers, permitted):
+    from tests.governance.test_api_bad_input import NASTY_VALUES
+
+    client = agent_client(make_agent("fuzzy", clearance=Clearance.CONFIDENTIAL))
+    for value in NASTY_VALUES:
+        for body in ({"filters": {"company": value}}, {"filters": value}, {"columns": value}, {"columns": [value]},
+                     {"limit": value}, {"filters": {str(value)[:50]: "x"}}):
+            answer = client.generic("POST", "/api/v1/data-views/customers/read/", json.dumps(body),
+                                    content_type="application/json")
+            assert answer.status_code < 500, (body, answer.content[:200])
+            if answer.status_code >= 400:
+                assert answer["Content-Type"] == "application/problem+json"
