@@ -12,8 +12,8 @@ context is its only door to the world:
     reply.text, reply.data          # data: the parsed JSON when response_schema= is given
     page = ctx.tool("http.get", url="https://docs.example.com/x")   # a registered tool
     plan = ctx.plan(objective)      # {"objective", "steps", "constraints"}, validated first
-    ctx.read("customers", plan="pro")   # data views (not served yet: raises NotAvailable)
-    ctx.delegate("writer", "draft it")  # another agent's run (not served yet: raises NotAvailable)
+    rows = ctx.read("customers", plan="pro", limit=20)   # a data view, shaped by the agent's clearance
+    done = ctx.delegate("writer", "draft it")           # another agent's run, under a delegation
 
 Each call is a step: the gate judges it (policies, scopes, budgets), a person
 approves it if a policy or budget escalates (the run waits without holding a
@@ -34,6 +34,12 @@ Every answer a provider gives is paid for (its Action completes with the
 usage reported) before it is checked against `response_schema`, whatever
 the check finds. Response schemas are at most 20,000 characters of JSON and
 count toward the gate's estimate of input tokens.
+
+Labels travel: the run's label is the highest classification of the data
+it has seen (a read raises it to the view's; a child run starts with it and
+hands its own back). Every later step carries it, and the gate denies a step
+whose receiver (a model, tool, endpoint or agent) is not cleared for it,
+naming where the data came from. Not even a program can lower it.
 
 Runs resume from their step ledger: if a worker dies, the program is called
 again and every step that finished returns its recorded result without

@@ -163,7 +163,7 @@ def test_seed_demo_is_safe_to_run_twice(db, settings, capsys):
     call_command("seed_demo")
     out = capsys.readouterr().out
     assert "Demo fleet: 8 agents (0 new)" in out
-    assert Agent.objects.count() == 5
+    assert Agent.objects.count() == 8
     from django.contrib.auth import get_user_model
 
     for name in ("admin", "finance", "security", "viewer"):
