@@ -54,6 +54,7 @@ DATA_VIEW_SOURCES = {
                   "columns": ["id", "company", "contact", "email", "plan", "region", "stage", "seats", "mrr_usd",
                               "segment"],
                   "masks": {"contact": "confidential", "email": "confidential", "mrr_usd": "internal"},
+                  "base_classification": Clearance.INTERNAL,  # the rest: company, plan, region, seats ...
                   "row_rules": [{"below": "confidential", "column": "segment", "in": ["new"]}], "max_rows": 50},
 }
 # How sensitive data each receiver may get (besides the defaults: models and tools internal, endpoints public).

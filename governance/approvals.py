@@ -226,6 +226,7 @@ def _decide(*, approval_id, by, verdict: str, comment: str) -> Approval:
 
     audit_record(action=f"approval.{verdict}", actor=by, agent=_subject(approval), resource=f"approval:{approval.pk}",
                  outcome=verdict, reasons=[comment] if comment else [],
+                 delegation_chain=(approval.action.delegation_chain or []) if approval.action_id else [],
                  payload={"approval_id": str(approval.pk), "group": acting_for, "approvals": approvals,
                           "required": approval.required_approvals, "groups": groups})
     if outcome is None:
@@ -273,11 +274,12 @@ def _approve_action(approval: Approval, *, said: str, now) -> tuple[str, str, in
         state = delegation_state(Delegation.objects.get(pk=action.delegation_id), at=now)
         problem = state.problem or (None if action.action in state.scopes
                                     else f"the delegation no longer lends {action.action}")
+    cleaned = clean_request(action=action.action, resource=action.resource, context=action.context)
     if problem is None:
-        estimate = billing.estimate_cost(action=action.action, resource=action.resource,
-                                         cleaned=clean_request(action=action.action, resource=action.resource,
-                                                               context=action.context), at=now)
+        estimate = billing.estimate_cost(action=action.action, resource=action.resource, cleaned=cleaned, at=now)
         problem = estimate.problem
+    if problem is None:
+        problem = _flow_now(action, cleaned, now)
     if problem:
         return ApprovalStatus.DENIED, f"{said}; but {problem}", 0
     micros = max(estimate.micros, action.estimated_cost_micros)
@@ -288,6 +290,31 @@ def _approve_action(approval: Approval, *, said: str, now) -> tuple[str, str, in
                 f"{said}; but the budget step at approval refused it: {'; '.join(reservation.reasons)}", 0)
     approval.action.estimated_cost_micros = micros
     return ApprovalStatus.APPROVED, said, reservation.micros
+
+
+def _flow_now(action: Action, cleaned: dict, now) -> str | None:
+    """The flow rule again at approval: what the request carries now (an agent over the API may have read
+    more since it asked) against its receiver's clearance now. A person approved the flow they were shown;
+    anything above it, or a flow they were not told of, is denied."""
+    from .flow import OUTBOUND, api_flow, merge, sink_clearance
+    from .gate import is_runtime_action
+
+    if action.action not in OUTBOUND:
+        return None
+    shown = int((action.cedar_context or {}).get("data_classification", 0))
+    carried = shown
+    if not is_runtime_action(action):  # a run's label cannot rise while it waits; an API agent's can
+        chain = [hop["id"] for hop in action.delegation_chain or [] if hop.get("type") == "agent"]
+        carried = max(shown, merge(*(api_flow(agent_id=agent_id, now=now, declared=cleaned.get("declared_label"))
+                                     for agent_id in [action.agent_id, *chain])).classification)
+    sink, sink_name = sink_clearance(action=action.action, resource=action.resource, host=cleaned.get("host"))
+    told = any(reason.startswith("data flow:") for reason in action.reasons)
+    if carried > sink and (carried > shown or not told):
+        from agents.models import Clearance
+
+        return (f"data flow: {sink_name} is cleared for {Clearance(sink).label} data and the request now carries "
+                f"{Clearance(carried).label} data")
+    return None
 
 
 def _approve_increase(approval: Approval, *, by, said: str) -> tuple[str, str, int]:
@@ -321,6 +348,7 @@ def _finish(approval: Approval, *, status: str, by, comment: str, now, reason: s
                                                    estimated_cost_micros=action.estimated_cost_micros)
     audit_record(action=f"approval.{status}", actor=by, agent=_subject(approval), resource=f"approval:{approval.pk}",
                  outcome=status, reasons=[reason],
+                 delegation_chain=(approval.action.delegation_chain or []) if approval.action_id else [],
                  payload={"approval_id": str(approval.pk), "kind": approval.kind, "reserved_micros": reserved,
                           **({"action_id": str(approval.action_id)} if approval.action_id else {}),
                           **({"budget_id": approval.budget_id} if approval.budget_id else {})})

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connections
+from django.db import DatabaseError, connections, transaction
 
 from agents.models import Clearance
 
@@ -67,15 +67,25 @@ def masked_for(view: DataView, clearance: int) -> list[str]:
     return [column for column, needed in (view.masks or {}).items() if clearance < clearance_value(needed)]
 
 
-def served_classification(view: DataView, clearance: int) -> int:
-    """The label of what a reader gets: the view's classification; for a reader below it whose columns the
-    view masks, the reader's clearance (the masks are the admin's word on what is fit for that clearance)."""
-    if clearance < view.classification and masked_for(view, clearance):
-        return clearance
-    return view.classification
+def column_classification(view: DataView, column: str) -> int:
+    """A column's classification: its mask's clearance if a mask names it, else the view's base (or the view's)."""
+    if column in (view.masks or {}):
+        return clearance_value(view.masks[column])
+    return view.classification if view.base_classification is None else view.base_classification
 
 
-def check_view_shape(*, source: str, columns, masks, row_rules, max_rows) -> None:
+def served_classification(view: DataView, clearance: int, columns: list[str] | None = None) -> int:
+    """The label of what a reader of this clearance gets: the highest classification among the columns served
+    to it unmasked (all the view's columns when `columns` is None). A masked column carries nothing."""
+    if not view.source:
+        return view.classification
+    hidden = set(masked_for(view, clearance))
+    shown = [c for c in (view.columns if columns is None else columns) if c not in hidden]
+    return max([Clearance.PUBLIC, *(column_classification(view, c) for c in shown)])
+
+
+def check_view_shape(*, source: str, columns, masks, row_rules, max_rows, classification=None,
+                     base_classification=None) -> None:
     """What an admin registers: a source Warden can read, columns, masks and rules that refer to them."""
     errors = {}
     if source:
@@ -108,6 +118,12 @@ def check_view_shape(*, source: str, columns, masks, row_rules, max_rows) -> Non
             errors["row_rules"] = error.messages
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or not 1 <= max_rows <= 10_000:
         errors["max_rows"] = "From 1 to 10,000."
+    if base_classification is not None and classification is not None and base_classification > classification:
+        errors["base_classification"] = "At most the view's classification (the view is as sensitive as its most " \
+                                        "sensitive column)."
+    if classification is not None and isinstance(masks, dict) and "masks" not in errors and any(
+            clearance_value(v) > classification for v in masks.values()):
+        errors["masks"] = "A mask's clearance is at most the view's classification."
     if errors:
         raise ValidationError(errors)
 
@@ -166,9 +182,8 @@ def read_rows(view: DataView, request: ReadRequest, *, clearance: int) -> Rows:
     hidden = set(masked_for(view, clearance))
     shown = [column for column in request.columns]
     # Masked columns were refused by name; when all columns were asked for they come back masked.
-    out = [{column: (MASK if column in hidden and row.get(column) not in (None, "") else _plain(row.get(column)))
-            for column in shown} for row in rows]
-    return Rows(view=view.name, classification=served_classification(view, clearance), columns=shown, rows=out,
+    out = [{column: (MASK if column in hidden else _plain(row.get(column))) for column in shown} for row in rows]
+    return Rows(view=view.name, classification=served_classification(view, clearance, shown), columns=shown, rows=out,
                 masked=[c for c in shown if c in hidden], truncated=truncated)
 
 
@@ -206,9 +221,8 @@ def _matches(row: dict, filters: dict, rules) -> bool:
 
 
 def _equal(stored, wanted) -> bool:
-    if isinstance(stored, str) and not isinstance(wanted, str):
-        return stored == json.dumps(wanted)  # CSV holds text: 1 matches "1", true matches "true"
-    return stored == wanted
+    """Compared as text, as a table's values are (CSV holds text: 1 matches "1", true matches "true")."""
+    return stored is not None and _as_text(stored) == _as_text(wanted)
 
 
 def _file_rows(path: Path, *, columns, filters, rules, limit) -> tuple[list[dict], bool]:
@@ -227,11 +241,20 @@ def _file_records(path: Path):
             if path.suffix == ".csv":
                 yield from csv.DictReader(handle)
             else:
-                for line in handle:
+                for number, line in enumerate(handle, 1):
                     if line.strip():
-                        yield json.loads(line)
+                        record = json.loads(line, parse_constant=_no_constant)
+                        if not isinstance(record, dict):
+                            raise ValueError(f"line {number} is not an object")
+                        yield record
     except FileNotFoundError:
         raise ValidationError(f"the view's file {path.name} is missing") from None
+    except (ValueError, UnicodeDecodeError, csv.Error, RecursionError) as error:
+        raise ValidationError(f"the view's file {path.name} cannot be read: {str(error)[:200]}") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _table_rows(where, *, columns, filters, rules, limit) -> tuple[list[dict], bool]:
@@ -239,22 +262,34 @@ def _table_rows(where, *, columns, filters, rules, limit) -> tuple[list[dict], b
 
     alias, parts = where
     conditions, params = [], []
+    # Compared as text, as a file's values are: a filter's type can never make the query fail.
     for column, value in filters.items():
-        conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-        params.append(value)
+        conditions.append(sql.SQL("{}::text = %s").format(sql.Identifier(column)))
+        params.append(_as_text(value))
     for column, values in rules:
-        conditions.append(sql.SQL("{} = ANY(%s)").format(sql.Identifier(column)))
-        params.append(values)
+        conditions.append(sql.SQL("{}::text = ANY(%s)").format(sql.Identifier(column)))
+        params.append([_as_text(value) for value in values])
     query = sql.SQL("SELECT {columns} FROM {table}{where} LIMIT %s").format(
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         table=sql.Identifier(*parts),
         where=sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL(""))
     params.append(limit + 1)
     connection = connections[alias]
-    with connection.cursor() as cursor:  # one SELECT of quoted identifiers; connect the alias as a read-only role
-        cursor.execute(query.as_string(connection.connection), params)
-        found = [dict(zip(columns, row)) for row in cursor.fetchall()]
+    try:
+        # One SELECT of quoted identifiers (connect the alias as a role that may only SELECT), in a savepoint:
+        # a source that fails (a column dropped, a table renamed) fails this read, not the transaction.
+        with transaction.atomic(using=alias), connection.cursor() as cursor:
+            cursor.execute(query.as_string(connection.connection), params)
+            found = [dict(zip(columns, row)) for row in cursor.fetchall()]
+    except DatabaseError as error:
+        raise ValidationError(f"the view's table could not be read: {type(error).__name__}") from None
     return found[:limit], len(found) > limit
+
+
+def _as_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def data_view_read(*, agent, view_name: str, filters=None, columns=None, limit=None, key=None, on_behalf_of=None,

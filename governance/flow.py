@@ -88,11 +88,20 @@ def api_flow(*, agent_id, now: dt.datetime, declared: int | None) -> Flow:
     lately (not by Warden's runtime, whose runs carry their own labels), or more if it says so."""
     from .models import Action, ActionOutcome
 
+    from django.db.models import IntegerField
+    from django.db.models.fields.json import KeyTextTransform
+    from django.db.models.functions import Cast, Coalesce
+
     since = now - dt.timedelta(hours=settings.WARDEN_FLOW_WINDOW_HOURS)
-    reads = (Action.objects.filter(agent_id=agent_id, action="data.read", outcome=ActionOutcome.ALLOWED,
-                                   created_at__gte=since)
+    # The most sensitive reads of the window, whatever came after them (many harmless reads wash nothing out);
+    # a read counts from when it was served (completed), not from when it was asked (it may have waited for a
+    # person).
+    reads = (Action.objects.filter(agent_id=agent_id, action="data.read", outcome=ActionOutcome.ALLOWED)
+             .annotate(at=Coalesce("completed_at", "allowed_at", "created_at"),
+                       level=Cast(KeyTextTransform("data_classification", "cedar_context"), IntegerField()))
+             .filter(at__gte=since)
              .exclude(idempotency_key__startswith=RUNTIME_KEY_PREFIX)
-             .order_by("-created_at").values_list("pk", "resource", "cedar_context")[:200])
+             .order_by("-level", "-at").values_list("pk", "resource", "cedar_context")[:5])
     flows = [Flow(context.get("data_classification", 0),
                   ({"view": resource, "classification": Clearance(context.get("data_classification", 0)).label,
                     "action": str(pk)},))

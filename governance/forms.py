@@ -87,12 +87,18 @@ class DataViewEditForm(DataViewForm):
     row_rules = forms.JSONField(required=False, widget=forms.Textarea(attrs={"rows": 2}),
                                 help_text='[{"below": "confidential", "column": "segment", "in": ["new"]}]: '
                                           "readers below that clearance see only those rows.")
+    base_classification = forms.TypedChoiceField(
+        coerce=int, empty_value=None, required=False, choices=[],
+        help_text="The classification of the columns no mask names (empty: the view's).")
     max_rows = forms.IntegerField(min_value=1, max_value=10_000, required=False,
                                   help_text="The most rows one read returns (empty: unchanged).")
 
     def __init__(self, *args, **kwargs):
+        from agents.models import Clearance
+
         super().__init__(*args, **kwargs)
         del self.fields["name"]
+        self.fields["base_classification"].choices = [("", "the view's"), *Clearance.choices]
 
     def clean_columns(self) -> list[str]:
         return [column.strip() for column in self.cleaned_data["columns"].split(",") if column.strip()]

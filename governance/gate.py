@@ -38,7 +38,8 @@ from billing import services as billing
 from . import sql
 from .context import current_correlation_id
 from .exceptions import Conflict
-from .flow import OUTBOUND, RUNTIME_KEY_PREFIX, Flow, api_flow, sink_clearance
+from .dataviews import served_classification
+from .flow import OUTBOUND, RUNTIME_KEY_PREFIX, Flow, api_flow, merge, sink_clearance
 from .approvals import approval_open
 from .models import Action, ActionOutcome, ActionStatus, DataView
 from .payloads import check_json, clean_usage, text_problem
@@ -149,6 +150,7 @@ class Target:
     classification: int = 0  # of the data touched, from Warden's registry
     problem: str | None = None  # why it cannot be acted on at all (an unknown data view): a denial
     notes: tuple[str, ...] = ()  # what the decision should say besides (a classification claim ignored)
+    view: DataView | None = None  # data.read: the view as registered (its masks decide what a reader gets)
 
 
 def _target(action: str, resource: str, cleaned: dict, at: dt.datetime) -> Target:
@@ -165,18 +167,18 @@ def _target(action: str, resource: str, cleaned: dict, at: dt.datetime) -> Targe
                               clearance=target.clearance, models=target.allowed_models,
                               tools=target.allowed_tools, role_names=roles)
     elif kind == "DataView":
-        view = DataView.objects.filter(name=resource).values_list("classification", "active").first()
-        entity = {"uid": {"type": kind, "id": resource}, "attrs": {"classification": view[0] if view else 3},
-                  "parents": []}
+        view = DataView.objects.filter(name=resource).first()
+        entity = {"uid": {"type": kind, "id": resource},
+                  "attrs": {"classification": view.classification if view else 3}, "parents": []}
         if view is None:
             return Target(entity, classification=3,
                           problem=f"no data view named {resource} in Warden's registry; an admin must register it")
-        if not view[1]:
-            return Target(entity, classification=view[0], problem=f"data view {resource} is retired")
-        if claimed is not None and claimed != Clearance(view[0]).label:
+        if not view.active:
+            return Target(entity, classification=view.classification, problem=f"data view {resource} is retired")
+        if claimed is not None and claimed != Clearance(view.classification).label:
             notes = (f"context.classification ({claimed}) disagrees with Warden's registry of data views and "
                      "was ignored",)
-        return Target(entity, classification=view[0], notes=notes)
+        return Target(entity, classification=view.classification, notes=notes, view=view)
     else:
         attrs = {"host": cleaned["host"]} if kind == "Endpoint" else {}
         entity = {"uid": {"type": kind, "id": cleaned["host"] if kind == "Endpoint" else resource}, "attrs": attrs,
@@ -247,6 +249,13 @@ def _snapshot(agent_id, month: dt.date, key_id) -> Snapshot:
 
 def _local_now() -> dt.datetime:
     return timezone.now().astimezone(zoneinfo.ZoneInfo(settings.WARDEN_TIMEZONE))
+
+
+def _about_flow(policy_set, names) -> bool:
+    """Whether one of these (escalating) policies is about data flow: only such a policy may send a flow the
+    rule denies to a person instead (one about cost, say, must not turn a leak into a finance approval)."""
+    return any(row.name in names and ("data_classification" in row.body or "sink_clearance" in row.body)
+               for row in policy_set.rows)
 
 
 def _deny(reason: str) -> Judgement:
@@ -404,9 +413,19 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     # What the request carries, and how sensitive data its receiver may get (governance/flow.py).
     carried, sink, sink_name = None, me.clearance, f"agent {me.name}"
     if action in OUTBOUND:
-        carried = flow if flow is not None else api_flow(agent_id=agent.pk, now=now,
-                                                         declared=cleaned.get("declared_label"))
+        if flow is not None:
+            carried = flow
+        else:  # over the API: what it read lately, and what every agent it acts for read (the chain's)
+            carried = merge(*(api_flow(agent_id=agent_id, now=now, declared=cleaned.get("declared_label"))
+                              for agent_id in [agent.pk, *(hop["id"] for hop in chain if hop.get("type") == "agent")]))
         sink, sink_name = sink_clearance(action=action, resource=resource, host=cleaned.get("host"))
+    elif action == "data.read" and target.view is not None:
+        # What this reader gets (its clearance decides the masks): a flow from the view to the agent itself.
+        asked = context.get("columns")
+        asked = [c for c in asked if isinstance(c, str)] if isinstance(asked, list) else None
+        served = served_classification(target.view, me.clearance, asked)
+        carried = Flow(served, ({"view": resource, "classification": Clearance(served).label},))
+        target = dataclasses.replace(target, classification=served)
     cedar_context = {
         "estimated_cost_micros": estimate.micros,
         "model": resource if action == "llm.call" else "",
@@ -430,13 +449,17 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
             judgement = Judgement(decision.outcome, decision.reasons, decision.policies, decision.escalate_to,
                                   decision.observed, decision.approvals, decision.expires)
             if carried is not None and carried.classification > sink:
-                # The flow rule: a denial naming the data's source, unless a policy sends it to a person.
+                # The flow rule: a denial naming the data's source, unless a policy about data flow (one that
+                # reads data_classification or sink_clearance) sends it to a person.
                 leak = (f"data flow: {sink_name} is cleared for {Clearance(sink).label} data; this request "
-                        f"{carried.describe()}")
-                if judgement.outcome == ActionOutcome.ALLOWED:
-                    judgement = _deny(leak)
-                elif judgement.outcome == ActionOutcome.PENDING_APPROVAL:
+                        f"{carried.describe()}" if action != "data.read" else
+                        f"data flow: agent {me.name} is cleared for {Clearance(sink).label} data; {resource} would "
+                        f"give it {Clearance(carried.classification).label} data (nothing of that is masked at "
+                        "its clearance)")
+                if judgement.outcome == ActionOutcome.PENDING_APPROVAL and _about_flow(policy_set, judgement.policies):
                     judgement = dataclasses.replace(judgement, reasons=[*judgement.reasons, leak])
+                elif judgement.outcome != ActionOutcome.DENIED:
+                    judgement = _deny(leak)
         except ValidationError:
             raise
         except Exception as exc:  # the engine must never let an error through as "allowed"
@@ -617,7 +640,7 @@ def _close(*, where: str, params: list, status: str, skip_locked: bool, limit: i
                 changes.update(outcome=ActionOutcome.DENIED, reasons=[*item.reasons, f"cancelled: {why}"])
             Action.objects.filter(pk=item.pk).update(**changes)
             audit_record(action=event, actor=actor, agent=item.agent, resource=f"action:{item.pk}",
-                         outcome=status, cost_micros=0, reasons=[why],
+                         outcome=status, cost_micros=0, reasons=[why], delegation_chain=item.delegation_chain or [],
                          payload={"action_id": str(item.pk), "released_micros": item.reserved_micros})
         return len(ids)
 

@@ -147,6 +147,10 @@ class DataView(models.Model):
     source = models.CharField(max_length=300, blank=True)
     columns = models.JSONField(default=list, blank=True)
     masks = models.JSONField(default=dict, blank=True)
+    # The classification of the columns no mask names (empty: the view's). A read is labelled with the highest
+    # classification among the columns it serves unmasked: a mask's clearance for a masked column shown in
+    # clear, this for every other column.
+    base_classification = models.PositiveSmallIntegerField(choices=Clearance.choices, null=True, blank=True)
     row_rules = models.JSONField(default=list, blank=True)
     max_rows = models.PositiveIntegerField(default=100)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -19,7 +19,7 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "confidential-data-needs-clearance": (
         "An agent may only read data classified at or below its clearance.",
         'forbid(principal, action == Action::"data.read", resource)\n'
-        "when { resource.classification > principal.clearance };",
+        "when { context.data_classification > principal.clearance };",
     ),
     "no-deep-delegation": (
         "Nothing may be done through a delegation chain deeper than 2 hops.",

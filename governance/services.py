@@ -325,13 +325,17 @@ def _clean_description(description: str) -> str:
 
 @transaction.atomic
 def data_view_create(*, name: str, classification, team, by, description: str = "", source: str = "",
-                     columns=None, masks=None, row_rules=None, max_rows: int = 100) -> DataView:
+                     columns=None, masks=None, row_rules=None, max_rows: int = 100,
+                     base_classification=None) -> DataView:
     """Register a view of data; its classification, not an agent's word, is what data.read is judged on.
     With a source, it serves rows (governance/dataviews.py): its columns, masked and filtered per clearance."""
     from .dataviews import check_view_shape
 
     columns, masks, row_rules = columns or [], masks or {}, row_rules or []
-    check_view_shape(source=source, columns=columns, masks=masks, row_rules=row_rules, max_rows=max_rows)
+    if base_classification is not None:
+        base_classification = _clean_classification(base_classification)
+    check_view_shape(source=source, columns=columns, masks=masks, row_rules=row_rules, max_rows=max_rows,
+                     classification=_clean_classification(classification), base_classification=base_classification)
     from django.core.validators import validate_slug
 
     try:
@@ -346,7 +350,7 @@ def data_view_create(*, name: str, classification, team, by, description: str = 
             view = DataView.objects.create(name=name, classification=classification, team=team,
                                            description=_clean_description(description), created_by=by, updated_by=by,
                                            source=source, columns=columns, masks=masks, row_rules=row_rules,
-                                           max_rows=max_rows)
+                                           max_rows=max_rows, base_classification=base_classification)
     except IntegrityError:
         raise ValidationError({"name": f"A data view named {name!r} already exists."}) from None
     audit_record(action="data_view.create", actor=by, resource=f"data_view:{name}",
@@ -360,7 +364,7 @@ def data_view_create(*, name: str, classification, team, by, description: str = 
 @transaction.atomic
 def data_view_update(*, view: DataView, by, classification=None, team=None, description: str | None = None,
                      active: bool | None = None, source: str | None = None, columns=None, masks=None,
-                     row_rules=None, max_rows: int | None = None) -> DataView:
+                     row_rules=None, max_rows: int | None = None, base_classification="unchanged") -> DataView:
     """Change a view; a new classification, mask or rule applies to the very next data.read."""
     from .dataviews import check_view_shape
 
@@ -369,8 +373,11 @@ def data_view_update(*, view: DataView, by, classification=None, team=None, desc
     shape = {"source": view.source if source is None else source, "columns": view.columns if columns is None else columns,
              "masks": view.masks if masks is None else masks,
              "row_rules": view.row_rules if row_rules is None else row_rules,
-             "max_rows": view.max_rows if max_rows is None else max_rows}
-    check_view_shape(**shape)
+             "max_rows": view.max_rows if max_rows is None else max_rows,
+             "base_classification": view.base_classification if base_classification == "unchanged" else (
+                 None if base_classification in (None, "") else _clean_classification(base_classification))}
+    check_view_shape(**shape, classification=view.classification if classification is None
+                     else _clean_classification(classification))
     for field, value in shape.items():
         if value != getattr(view, field):
             changes[field] = value

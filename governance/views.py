@@ -455,7 +455,7 @@ def data_view_edit(request, name):
     form = DataViewEditForm(request.POST or None, initial={
         "classification": view.classification, "team": view.team, "description": view.description, "active": view.active,
         "source": view.source, "columns": ", ".join(view.columns), "masks": view.masks, "row_rules": view.row_rules,
-        "max_rows": view.max_rows,
+        "max_rows": view.max_rows, "base_classification": view.base_classification,
     })
     if request.method == "POST" and form.is_valid():
         try:

@@ -59,9 +59,14 @@ def asgi_server():
 
     import uvicorn
 
+    from channels.layers import channel_layers
     from django.db import connections
 
     from governance.asgi import application
+
+    # A channel layer of its own, bound to this server's event loop: channels_redis refuses a receive() from
+    # a second loop while a consumer of an earlier server (or test) still counts as receiving.
+    channel_layers.backends.clear()
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -81,3 +86,4 @@ def asgi_server():
         server.should_exit = True
         thread.join(10)
         settings_dict["CONN_MAX_AGE"] = previous
+        channel_layers.backends.clear()

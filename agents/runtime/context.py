@@ -332,6 +332,8 @@ class Context:
                 message = "; ".join(error.messages) if isinstance(error, ValidationError) else error.message
                 self._fail(step, action, StepFailed(f"delegating to {agent} failed: {message}", step=step.index),
                            time.monotonic())
+            if child is None:  # cancelled since the gate allowed it
+                self._withdraw(action)
             step.child = child
         if step.action_id and Action.objects.filter(pk=step.action_id, status=ActionStatus.DECIDED).exists():
             self._complete(Action.objects.get(pk=step.action_id), "succeeded", None, "warden")
@@ -339,6 +341,16 @@ class Context:
         if child.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
             raise WaitForChild(child.pk)
         returned = Flow(child.label, tuple(child.label_sources or ()))
+        clearance = Agent.objects.filter(pk=self._agent.pk).values_list("clearance", flat=True).get()
+        if child.status == RunStatus.SUCCEEDED and child.label > clearance:
+            # The child saw more than this agent may: its result is withheld (the flow rule, at the hand-back).
+            problem = Denied(f"data flow: agent {self.agent} is cleared for {Clearance(clearance).label} data; "
+                             f"the result of {agent}'s run {returned.describe()}", step=step.index)
+            with transaction.atomic():
+                self._hold_run()
+                self._finish_step(step, status=StepStatus.DENIED, error=problem.message, error_kind=problem.kind,
+                                  extra=["child"])
+            raise problem
         if child.status != RunStatus.SUCCEEDED:
             problem = StepFailed(f"{agent}'s run {child.status}: {child.error or 'no reason given'}", step=step.index)
             with transaction.atomic():
@@ -654,8 +666,11 @@ class Context:
         with transaction.atomic():
             self._hold_run()
             self._finish_step(step, status=StepStatus.REFUSED, error=problem.message, error_kind=problem.kind)
+            from .services import run_chain
+
             audit_record(action="run.step.refuse", actor=self._agent, agent=self._agent,
                          resource=f"run:{self.run_id}", outcome="refused", reasons=[problem.message],
+                         delegation_chain=run_chain(self._run),
                          payload={"run_id": self.run_id, "step": step.index, "kind": step.kind, "name": step.name})
         problem.step = step.index
         raise problem

@@ -76,8 +76,18 @@ def run_start(*, agent: Agent, objective: str, by=None, source: str = RunSource.
 CHILD_DELEGATION_HOURS = 24
 
 
+def run_chain(run: AgentRun) -> list:
+    """The delegation chain a (child) run acts under, for its audit events; [] for a run of its own."""
+    if run.delegation_id is None:
+        return []
+    from agents.models import Delegation
+    from agents.selectors import delegation_state
+
+    return delegation_state(Delegation.objects.get(pk=run.delegation_id), at=timezone.now()).chain
+
+
 def child_run_start(*, parent: AgentRun, step: RunStep, agent_name: str, objective: str, scopes: list,
-                    flow) -> AgentRun:
+                    flow) -> AgentRun | None:
     """A parent run's ctx.delegate, once the gate allowed it: the delegation (scopes narrowed from the
     parent's; a hop below the parent's own delegation, if it acts under one) and the child run under it, in
     the parent's trace, starting with the parent's label. Linked to the parent's step in the same
@@ -96,9 +106,15 @@ def child_run_start(*, parent: AgentRun, step: RunStep, agent_name: str, objecti
         raise Conflict(f"{agent_name} is {child_agent.status}: only an active agent can run.", code="agent_not_active")
     objective = _objective(objective)
     with transaction.atomic():
+        # The parent's row first (the order a cancellation takes): a parent cancelled since the gate allowed
+        # this starts no child.
+        if not AgentRun.objects.select_for_update(no_key=True).filter(pk=parent.pk, status=RunStatus.RUNNING).exists():
+            return None
         locked = RunStep.objects.select_for_update().get(pk=step.pk)
         if locked.child_id is not None:
             return AgentRun.objects.get(pk=locked.child_id)
+        if locked.status != StepStatus.RUNNING:
+            return None
         parent_hop = Delegation.objects.get(pk=parent.delegation_id) if parent.delegation_id else None
         expires = timezone.now() + dt.timedelta(hours=CHILD_DELEGATION_HOURS)
         if parent_hop is not None:
@@ -172,18 +188,26 @@ def _cancel_runs(runs: list[AgentRun], *, by, reason: str) -> list:
         with correlation_scope(run.correlation_id):  # in the run's own trace
             audit_record(action="run.cancel", actor=by, agent=run.agent, resource=f"run:{run.pk}",
                          outcome="cancelled", reasons=[reason], cost_micros=run.cost_micros,
+                         delegation_chain=run_chain(run),
                          payload={"run_id": str(run.pk), "program": run.program})
         run_changed_on_commit(run.pk, status=RunStatus.CANCELLED)
     action_ids = _close_steps(cancelled, reason)
     for run in cancelled:
         child_ended(AgentRun(pk=run.pk, parent_id=run.parent_id, delegation_id=run.delegation_id,
-                                          status=RunStatus.CANCELLED))
-    # What they delegated stops with them.
-    children = list(AgentRun.objects.select_for_update(of=("self",), no_key=True).select_related("agent__team")
-                    .filter(parent__in=[run.pk for run in cancelled], status__in=RUN_ACTIVE).order_by("pk"))
-    if children:
-        action_ids += _cancel_runs(children, by=by, reason=f"its parent run was {reason}")
-    return action_ids
+                             status=RunStatus.CANCELLED))
+    # What they delegated stops with them: each child in transactions of its own, after this one (one
+    # transaction never writes to two agents' audit chains).
+    children = list(AgentRun.objects.filter(parent__in=[run.pk for run in cancelled], status__in=RUN_ACTIVE)
+                    .order_by("pk").values_list("pk", flat=True))
+    return action_ids, children
+
+
+def _cancel_children(child_ids, *, by, reason: str) -> None:
+    for child_id in child_ids:
+        try:
+            run_cancel(run=AgentRun(pk=child_id), by=by, reason=reason)
+        except Conflict:
+            pass  # it ended meanwhile
 
 
 def run_cancel(*, run: AgentRun, by, reason: str = "") -> AgentRun:
@@ -199,9 +223,10 @@ def run_cancel(*, run: AgentRun, by, reason: str = "") -> AgentRun:
         if locked.status not in RUN_ACTIVE:
             raise Conflict(f"This run is {locked.status} already.", code="run_finished")
         who = by.get_username() if by is not None else "the system"
-        action_ids = _cancel_runs([locked], by=by, reason=f"cancelled by {who}: {reason}")
+        action_ids, children = _cancel_runs([locked], by=by, reason=f"cancelled by {who}: {reason}")
     with correlation_scope(locked.correlation_id):
         _release(action_ids, by=by, reason=f"run {locked.pk} was cancelled")
+    _cancel_children(children, by=by, reason=f"its parent run {locked.pk} was cancelled")
     return AgentRun.objects.get(pk=run.pk)
 
 
@@ -219,15 +244,13 @@ def _release(action_ids, *, by, reason: str) -> None:
 
 
 def runs_cancel_for_agent(*, agent: Agent, by, reason: str) -> int:
-    """The kill switch's part in the runtime: every active run of the agent stops at once (its own open actions
-    and approvals are cancelled by agent_suspend / agent_retire right after; those of the runs it delegated
-    to, here)."""
+    """The kill switch's part in the runtime: every active run of the agent stops at once (its open actions and
+    approvals are cancelled by agent_suspend / agent_retire right after); the runs they delegated to, here."""
     with transaction.atomic():
         runs = list(AgentRun.objects.select_for_update(of=("self",), no_key=True).select_related("agent__team")
                     .filter(agent=agent, status__in=RUN_ACTIVE).order_by("pk"))
-        action_ids = _cancel_runs(runs, by=by, reason=reason)
-    others = Action.objects.filter(pk__in=action_ids).exclude(agent=agent).values_list("pk", flat=True)
-    _release(list(others), by=by, reason=reason)
+        _, children = _cancel_runs(runs, by=by, reason=reason)
+    _cancel_children(children, by=by, reason=reason)
     return len(runs)
 
 

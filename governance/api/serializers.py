@@ -210,6 +210,9 @@ class DataViewInput(serializers.Serializer):
     row_rules = serializers.ListField(child=serializers.DictField(), required=False, max_length=20,
                                       help_text='[{"below": clearance, "column": c, "in": [values]}]')
     max_rows = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
+    base_classification = serializers.ChoiceField(
+        choices=[label for _, label in Clearance.choices], required=False, allow_null=True,
+        help_text="The classification of the columns no mask names (null: the view's).")
 
 
 class DataViewUpdateInput(serializers.Serializer):
@@ -225,6 +228,9 @@ class DataViewUpdateInput(serializers.Serializer):
     row_rules = serializers.ListField(child=serializers.DictField(), required=False, max_length=20,
                                       help_text='[{"below": clearance, "column": c, "in": [values]}]')
     max_rows = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
+    base_classification = serializers.ChoiceField(
+        choices=[label for _, label in Clearance.choices], required=False, allow_null=True,
+        help_text="The classification of the columns no mask names (null: the view's).")
 
 
 class DataViewOutput(serializers.Serializer):
@@ -241,6 +247,7 @@ class DataViewOutput(serializers.Serializer):
     masks = serializers.DictField(child=serializers.CharField())
     row_rules = serializers.ListField(child=serializers.DictField())
     max_rows = serializers.IntegerField()
+    base_classification = serializers.CharField(source="get_base_classification_display", allow_null=True)
 
 
 class DataReadInput(serializers.Serializer):

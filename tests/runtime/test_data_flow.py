@@ -28,6 +28,7 @@ CUSTOMERS = [
 ]
 COLUMNS = ["id", "company", "contact", "email", "region", "segment", "seats"]
 SHAPE = {"columns": COLUMNS, "masks": {"email": "confidential", "contact": "confidential"},
+         "base_classification": "internal",  # company, region, seats ...
          "row_rules": [{"below": "confidential", "column": "region", "in": ["EU"]}], "max_rows": 50}
 
 
@@ -130,6 +131,10 @@ def test_a_table_in_a_database_warden_connects_to_is_served_the_same_way(make_ag
                     filters={"segment": "existing"}).json()
     assert internal["rows"] == [{"id": "c-3", "company": "Initech", "contact": "•••", "email": "•••", "region": "EU",
                                  "segment": "existing", "seats": 40}]
+    # A filter of another type than the column's is compared as text: no rows, no error.
+    typed = read(agent_client(make_agent("typed", clearance=Clearance.CONFIDENTIAL)), view="crm",
+                 filters={"seats": "many"})
+    assert typed.status_code == 200 and typed.json()["rows"] == []
     # A filter value is a parameter, never SQL.
     sly = read(agent_client(make_agent("sly", clearance=Clearance.CONFIDENTIAL)), view="crm",
                filters={"company": "x' OR '1'='1"}).json()
@@ -295,3 +300,102 @@ def test_no_shape_of_read_request_is_a_server_error(make_agent, agent_client, cu
             assert answer.status_code < 500, (body, answer.content[:200])
             if answer.status_code >= 400:
                 assert answer["Content-Type"] == "application/problem+json"
+
+
+
+# --- what a review against the trust boundary found ----------------------------------------------------------
+
+
+def test_a_reader_below_what_the_view_would_give_it_is_denied_whatever_the_policies_say(
+        make_agent, agent_client, customers, permitted):
+    public = make_agent("outsider-bot", clearance=Clearance.PUBLIC)
+    answer = read(agent_client(public)).json()
+    assert answer["outcome"] == "denied" and answer["rows"] == []
+    assert answer["reasons"][0] == ("data flow: agent outsider-bot is cleared for public data; customers would give "
+                                    "it internal data (nothing of that is masked at its clearance)")
+    # Without a base classification every unmasked column is as sensitive as the view.
+    customers.base_classification = None
+    customers.save()
+    internal = read(agent_client(make_agent("intern", clearance=Clearance.INTERNAL))).json()
+    assert internal["outcome"] == "denied" and "would give it confidential data" in internal["reasons"][0]
+
+
+def test_many_harmless_reads_do_not_wash_out_a_sensitive_one(make_agent, agent_client, customers, sinks, permitted,
+                                                             personas, team):
+    from governance.gate import request_action
+    from governance.services import data_view_create
+
+    data_view_create(name="menu", classification="public", team=team, by=personas["admin"])
+    agent = make_agent("reader", clearance=Clearance.CONFIDENTIAL)
+    client = agent_client(agent)
+    assert read(client).json()["outcome"] == "allowed"
+    for _ in range(205):
+        assert request_action(agent=agent, action="data.read", resource="menu").outcome == "allowed"
+    body = {"action": "tool.http", "resource": "https://partner.example/upload", "context": {}}
+    denied = client.post("/api/v1/actions/", body, format="json").json()
+    assert denied["outcome"] == "denied" and "customers (confidential)" in denied["reasons"][0]
+
+
+def test_an_escalation_about_cost_does_not_turn_a_leak_into_an_approval(make_agent, agent_client, customers, sinks,
+                                                                         permitted, policy):
+    policy("http-needs-finance", '@escalate("finance")\nforbid(principal, action == Action::"tool.http", resource)'
+                                 "\nwhen { context.estimated_cost_micros > 0 };")
+    client = agent_client(make_agent("reader", clearance=Clearance.CONFIDENTIAL))
+    read(client)
+    body = {"action": "tool.http", "resource": "https://partner.example/upload", "context": {}}
+    answer = client.post("/api/v1/actions/", body, format="json").json()
+    assert answer["outcome"] == "denied" and answer["reasons"][0].startswith("data flow:")
+
+
+def test_an_approval_granted_after_the_agent_read_more_is_denied(make_agent, agent_client, customers, sinks,
+                                                                 permitted, policy, api_for):
+    policy("http-needs-finance", '@escalate("finance")\nforbid(principal, action == Action::"tool.http", resource)'
+                                 "\nwhen { context.estimated_cost_micros > 0 };")
+    client = agent_client(make_agent("reader", clearance=Clearance.CONFIDENTIAL))
+    body = {"action": "tool.http", "resource": "https://partner.example/upload", "context": {}}
+    asked = client.post("/api/v1/actions/", body, format="json").json()
+    assert asked["outcome"] == "pending_approval"  # it carried nothing when it asked
+    read(client)  # ... then it read confidential rows
+    decided = api_for("finance").post(f"/api/v1/approvals/{asked['approval']['id']}/approve/", {"comment": "ok"},
+                                      format="json")
+    assert decided.status_code == 200
+    action = Action.objects.get(pk=asked["id"])
+    assert action.outcome == "denied" and "now carries confidential data" in " ".join(action.reasons)
+
+
+def test_a_childs_result_above_the_parents_clearance_is_withheld(cleared, start):
+    cleared("analyse", "analyst")
+    run = start(cleared("boss", "lead", clearance=Clearance.INTERNAL, role_names=("orchestrator", "researcher")),
+                "onboard")
+    drive(run)
+    drive(AgentRun.objects.get(parent=run))
+    drive(run)
+    assert run.status == "failed" and "the result of analyst's run derived from customers (confidential)" in run.error
+    step = RunStep.objects.get(run=run, index=0)
+    assert step.status == "denied" and step.result is None
+    assert run.label == Clearance.PUBLIC  # it never received what it may not see
+
+
+def test_cancelling_a_parent_cancels_its_child_and_revokes_the_childs_delegation(cleared, start, personas):
+    from agents.runtime.services import run_cancel
+
+    cleared("analyse", "analyst")
+    run = start(cleared("boss", "lead", role_names=("orchestrator", "researcher")), "onboard")
+    assert drive(run) == "waiting" and run.status == "running"  # waits for its child, holding no worker
+    child = AgentRun.objects.get(parent=run)
+    run_cancel(run=run, by=personas["security"], reason="stop the team")
+    child.refresh_from_db()
+    assert child.status == "cancelled" and "its parent run" in child.error
+    assert child.delegation.revoked_at is not None
+    chains = AuditEvent.objects.filter(action="run.cancel", agent_name="analyst").values_list("delegation_chain",
+                                                                                              flat=True)
+    assert len(chains) == 1 and chains[0]
+
+
+def test_a_source_that_cannot_answer_is_a_clear_error_not_a_crash(make_agent, agent_client, customers, permitted,
+                                                                   settings, tmp_path):
+    (tmp_path / "customers.jsonl").write_text('{"id": "c-1"}\n[1, 2]\n')
+    answer = read(agent_client(make_agent("lead", clearance=Clearance.CONFIDENTIAL)))
+    assert answer.status_code == 400 and "cannot be read" in answer.content.decode()
+    action = Action.objects.get(action="data.read")
+    assert action.status == "failed"
