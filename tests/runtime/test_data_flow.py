@@ -156,7 +156,7 @@ def test_a_view_must_name_a_source_and_columns_warden_can_read(api_for, team, se
 # --- labels that travel, the flow rule --------------------------------------------------------------------
 
 
-def test_a_label_survives_a_model_step_a_tool_step_and_a_delegation(cleared, start):
+def test_a_label_survives_a_model_step_a_tool_step_and_a_delegation(cleared, start, client_for):
     cleared("analyse", "analyst")
     boss = cleared("boss", "lead", role_names=("orchestrator", "researcher"))
     run = start(boss, "onboard the new customers")
@@ -183,6 +183,10 @@ def test_a_label_survives_a_model_step_a_tool_step_and_a_delegation(cleared, sta
     events = AuditEvent.objects.filter(correlation_id=run.correlation_id, agent_name="analyst")
     assert events.count() >= 6 and [e.action for e in events if not e.delegation_chain] == []
     assert Action.objects.filter(agent=child.agent).exclude(delegation=child.delegation).count() == 0
+    listed = client_for("viewer").get("/runs/?agent=analyst").content.decode()
+    assert f'<a href="/runs/{run.pk}/">a run of lead</a>' in listed
+    page = client_for("viewer").get(f"/runs/{child.pk}/").content.decode()
+    assert "Delegated by" in page and "returns confidential" in page and "carries confidential" in page
 
 
 def test_the_leak_is_denied_naming_its_source_and_the_same_message_without_the_data_passes(cleared, start):
