@@ -166,7 +166,12 @@ class _Answer:
 
 # Static files (our CSS, vendored htmx, Swagger UI) come from the app itself:
 # no CDN, no separate file server needed for a console.
-http = AwaitDecision(WsgiOnThreadPool(StaticFilesHandler(WSGIHandler()), threads=settings.WARDEN_HTTP_THREADS))
+# The gateway (agents/gateway/app.py) answers /v1/ on the event loop: it streams and waits for people
+# without holding a thread.
+from agents.gateway.app import Gateway  # noqa: E402
+
+http = Gateway(AwaitDecision(WsgiOnThreadPool(StaticFilesHandler(WSGIHandler()), threads=settings.WARDEN_HTTP_THREADS)),
+               threads=settings.WARDEN_HTTP_THREADS)
 
 application = ProtocolTypeRouter(
     {

@@ -371,6 +371,11 @@ WARDEN_DATA_DATABASES = envlist("WARDEN_DATA_DATABASES")
 # Information flow (governance/flow.py): an agent that read data over the REST API is taken to hold it for
 # this long; everything it sends meanwhile carries the data's classification.
 WARDEN_FLOW_WINDOW_HOURS = envint("WARDEN_FLOW_WINDOW_HOURS", 24)
+# The gateway (agents/gateway): OpenAI-compatible /v1/ for agents that run elsewhere.
+WARDEN_GATEWAY_MAX_TOKENS = envint("WARDEN_GATEWAY_MAX_TOKENS", 1024)  # the cap when a request names none
+WARDEN_GATEWAY_MAX_TOKENS_LIMIT = envint("WARDEN_GATEWAY_MAX_TOKENS_LIMIT", 32_768)  # the most one call may ask
+WARDEN_GATEWAY_APPROVAL_WAIT = envint("WARDEN_GATEWAY_APPROVAL_WAIT", 30)  # seconds a call waits for a person
+WARDEN_GATEWAY_MAX_BODY = envint("WARDEN_GATEWAY_MAX_BODY", 4_000_000)  # bytes of request
 WARDEN_DEMO_TRAFFIC = envbool("WARDEN_DEMO_TRAFFIC", True)  # beat starts the demo fleet's scheduled runs
 WARDEN_READINESS_TIMEOUT = envint("WARDEN_READINESS_TIMEOUT", 2)
 

@@ -21,6 +21,7 @@ class FakeOpenAI:
         self.delay = 0.0
         self.lock = threading.Lock()
         self.url = ""
+        self.stream_usage = True  # a stream ends with a usage chunk when the client asks for one
 
     def reply(self, status: int = 200, body: dict | str | None = None, headers: dict | None = None,
               delay: float = 0.0) -> None:
@@ -56,6 +57,8 @@ def _handler(fake: FakeOpenAI):
                                    "authorization": self.headers.get("Authorization")})
                 status, body, headers, delay = fake.script.popleft() if fake.script else (200, None, {}, 0.0)
             time.sleep(delay or fake.delay)
+            if request.get("stream") and status == 200 and (body is None or body == BROKEN):
+                return self._stream(request, broken=body == BROKEN)
             if body is None:
                 body = fake.completion(request)
             raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -70,7 +73,40 @@ def _handler(fake: FakeOpenAI):
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (a timeout test)
 
+        def _stream(self, request: dict, broken: bool) -> None:
+            """Server-sent events, chunked: two content deltas, then (if asked) a usage chunk and [DONE]. Broken:
+            the connection drops after the first delta."""
+            base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0, "model": request["model"]}
+            events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "streamed "},
+                                            "finish_reason": None}]},
+                      {**base, "choices": [{"index": 0, "delta": {"content": "answer"}, "finish_reason": "stop"}]}]
+            if (request.get("stream_options") or {}).get("include_usage") and fake.stream_usage:
+                events.append({**base, "choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 9,
+                                                                "total_tokens": 39}})
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for number, event in enumerate(events):
+                    self._chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+                    if broken and number == 0:
+                        self.wfile.flush()
+                        self.connection.shutdown(2)  # mid-stream, no terminating chunk
+                        return
+                self._chunk(b"data: [DONE]\n\n")
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                pass
+
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
     return Handler
+
+
+BROKEN = "__broken_stream__"
 
 
 @contextmanager

@@ -1,0 +1,267 @@
+"""The gateway's event-loop side: an ASGI application in front of Warden's HTTP stack, for `/v1/...`.
+
+    GET  /v1/models              the models this agent may call
+    POST /v1/chat/completions    through the gate, then to the model's upstream (streaming or not)
+
+An agent points an OpenAI client at Warden (`base_url=<warden>/v1`, `api_key=<its Warden key>`). Each call is
+an `llm.call` Action: denied → 403 `warden_denied`; pending a person → waits up to
+WARDEN_GATEWAY_APPROVAL_WAIT seconds on the event loop (holding no thread) for the decision, then goes on or
+answers 409 `warden_pending_approval` (send it again with the same `Idempotency-Key` header once approved);
+allowed → forwarded with Warden's cap on max_tokens and the upstream's key (never the agent's), and completed
+with the usage the upstream reports. The upstream's body comes back unchanged, with `X-Warden-Action-Id`.
+Upstream errors are returned as the upstream said them; the Action fails (its reservation released, or what
+the upstream reports as used settled). A stream is settled with its usage chunk, or with what was counted
+when the upstream gives none or the stream breaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+
+from . import services
+from .services import GatewayError
+
+PREFIX = "/v1/"
+
+
+class Gateway:
+    def __init__(self, app, threads: int = 4):
+        self.app = app
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warden-gateway")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope.get("path", "").startswith(PREFIX):
+            return await self.app(scope, receive, send)
+        try:
+            await self._handle(scope, receive, send)
+        except GatewayError as error:
+            await _json(send, error.status, error.body(), headers=_action_header(error.extra.get("action_id")))
+
+    async def _thread(self, function, *args, **kwargs):
+        def run():
+            close_old_connections()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                close_old_connections()
+
+        return await sync_to_async(run, thread_sensitive=False, executor=self.executor)()
+
+    async def _handle(self, scope, receive, send):
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        path, method = scope["path"], scope["method"]
+        routes = {"/v1/models": "GET", "/v1/chat/completions": "POST"}
+        if path not in routes:
+            raise GatewayError(404, "not_found", f"Warden's gateway does not serve {path}.")
+        if method != routes[path]:
+            raise GatewayError(405, "method_not_allowed", f"{path} takes {routes[path]}.")
+        caller = await self._thread(services.authenticate, headers.get("authorization", ""))
+        if path == "/v1/models":
+            return await _json(send, 200, await self._thread(services.models_for, caller))
+        body = await _read_body(receive, settings.WARDEN_GATEWAY_MAX_BODY)
+        prepared = await self._thread(services.prepare_chat, caller, body, headers.get("idempotency-key"))
+        action = prepared.action
+        if action.outcome == "pending_approval":
+            action = await self._await_decision(action)
+        problem = services.verdict(action)
+        if problem is not None:
+            raise problem
+        if prepared.upstream.kind == services.SIMULATED:
+            return await self._simulated(prepared, send)
+        if prepared.stream:
+            return await self._stream(prepared, send)
+        return await self._forward(prepared, send)
+
+    async def _await_decision(self, action):
+        """Wait on the event loop for a person's decision (the channel layer group `action.<id>`), or the time."""
+        from channels.layers import get_channel_layer
+
+        from governance.approval_notices import action_group
+
+        wait = settings.WARDEN_GATEWAY_APPROVAL_WAIT
+        layer, channel, group = get_channel_layer(), None, action_group(str(action.pk))
+        try:
+            channel = await layer.new_channel()
+            await layer.group_add(group, channel)
+        except Exception:  # Redis down: answer with what PostgreSQL says now
+            channel = None
+        try:
+            action = await self._thread(services.action_now, action.pk)  # decided before we listened?
+            if channel is not None and wait > 0 and action.outcome == "pending_approval":
+                try:
+                    await asyncio.wait_for(layer.receive(channel), timeout=wait)
+                except Exception:  # the time is up, or Redis went away: PostgreSQL has the answer either way
+                    pass
+                action = await self._thread(services.action_now, action.pk)
+        finally:
+            if channel is not None:
+                try:
+                    await layer.group_discard(group, channel)
+                except Exception:
+                    pass
+        return action
+
+    def _request(self, prepared):
+        upstream = prepared.upstream
+        return (upstream.base_url.rstrip("/") + "/chat/completions",
+                {"Authorization": f"Bearer {upstream.api_key or 'none'}", "Content-Type": "application/json",
+                 "X-Warden-Action": str(prepared.action.pk)},
+                httpx.Timeout(upstream.timeout, connect=min(10.0, upstream.timeout)))
+
+    async def _forward(self, prepared, send):
+        url, headers, timeout = self._request(prepared)
+        action_id = prepared.action.pk
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                response = await client.post(url, json=prepared.body, headers=headers)
+        except httpx.TimeoutException:
+            await self._thread(services.settle, action_id, succeeded=False, usage=None)
+            raise GatewayError(504, "upstream_timeout", "The model's upstream did not answer in time.",
+                               action_id=str(action_id)) from None
+        except httpx.HTTPError as error:
+            await self._thread(services.settle, action_id, succeeded=False, usage=None)
+            raise GatewayError(502, "upstream_unavailable", f"The model's upstream could not be reached: "
+                                                            f"{type(error).__name__}.", action_id=str(action_id)) from None
+        payload = _parsed(response.content)
+        ok = response.status_code < 400 and isinstance(payload, dict)
+        await self._thread(services.settle, action_id, succeeded=ok, usage=services.usage_of(payload))
+        await _raw(send, response.status_code, response.content,
+                   content_type=response.headers.get("content-type", "application/json"),
+                   headers=_action_header(action_id))
+
+    async def _stream(self, prepared, send):
+        url, headers, timeout = self._request(prepared)
+        action_id = prepared.action.pk
+        counted = _StreamCount()
+        started, held = False, b""
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                async with client.stream("POST", url, json=prepared.body, headers=headers) as response:
+                    if response.status_code >= 400:
+                        content = await response.aread()
+                        await self._thread(services.settle, action_id, succeeded=False,
+                                           usage=services.usage_of(_parsed(content)))
+                        return await _raw(send, response.status_code, content,
+                                          content_type=response.headers.get("content-type", "application/json"),
+                                          headers=_action_header(action_id))
+                    await send({"type": "http.response.start", "status": response.status_code,
+                                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                                            *_action_header(action_id)]})
+                    started = True
+                    # One chunk behind: the last one (with [DONE]) goes out only after the Action is settled, so
+                    # a client that has the whole answer finds its cost recorded.
+                    async for chunk in response.aiter_raw():
+                        counted.feed(chunk)
+                        if held:
+                            await send({"type": "http.response.body", "body": held, "more_body": True})
+                        held = chunk
+        except (httpx.HTTPError, OSError) as error:
+            # Broken (or never started): settle what was streamed, as Warden counted it.
+            usage = counted.usage(prepared)
+            await self._thread(services.settle, action_id, succeeded=False, usage=usage,
+                               source="provider" if counted.reported else "warden")
+            if not started:
+                status = 504 if isinstance(error, httpx.TimeoutException) else 502
+                raise GatewayError(status, "upstream_unavailable", "The model's upstream failed before answering.",
+                                   action_id=str(action_id)) from None
+            # The client hears it in the stream's own language: an error event (the official clients raise it).
+            broken = GatewayError(502, "upstream_stream_broken", "The model's upstream broke off the stream; what "
+                                  "was streamed is charged.", action_id=str(action_id))
+            tail = (b"" if held.endswith(b"\n\n") or not held else b"\n\n")
+            await send({"type": "http.response.body", "more_body": False,
+                        "body": held + tail + b"data: " + json.dumps(broken.body()).encode() + b"\n\n"})
+            return
+        await self._thread(services.settle, action_id, succeeded=True, usage=counted.usage(prepared),
+                           source="provider" if counted.reported else "warden")
+        await send({"type": "http.response.body", "body": held, "more_body": False})
+
+    async def _simulated(self, prepared, send):
+        payload = await self._thread(services.simulated_completion, prepared)
+        usage = services.usage_of(payload)
+        await self._thread(services.settle, prepared.action.pk, succeeded=True, usage=usage, source="simulated")
+        if not prepared.stream:
+            return await _json(send, 200, payload, headers=_action_header(prepared.action.pk))
+        text = payload["choices"][0]["message"]["content"]
+        base = {"id": payload["id"], "object": "chat.completion.chunk", "created": payload["created"],
+                "model": payload["model"]}
+        events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text},
+                                        "finish_reason": None}]},
+                  {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                  {**base, "choices": [], "usage": payload["usage"]}]
+        body = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events) + b"data: [DONE]\n\n"
+        await _raw(send, 200, body, content_type="text/event-stream", headers=_action_header(prepared.action.pk))
+
+
+class _StreamCount:
+    """What a stream carried: the upstream's usage chunk if it sends one, else the content's bytes."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.reported: dict | None = None
+        self.content_bytes = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            line = line.strip()
+            if not line.startswith(b"data:") or line == b"data: [DONE]":
+                continue
+            event = _parsed(line[5:].strip())
+            if not isinstance(event, dict):
+                continue
+            usage = services.usage_of(event)
+            if usage:
+                self.reported = usage
+            for choice in event.get("choices") or []:
+                delta = (choice or {}).get("delta") or {}
+                for value in (delta.get("content"), json.dumps(delta.get("tool_calls")) if delta.get("tool_calls")
+                              else None):
+                    if isinstance(value, str):
+                        self.content_bytes += len(value.encode())
+
+    def usage(self, prepared) -> dict:
+        if self.reported:
+            return self.reported
+        return {"input_tokens": prepared.action.context.get("input_tokens", 0),
+                "output_tokens": min(math.ceil(self.content_bytes / 3), prepared.body["max_tokens"])}
+
+
+def _parsed(raw: bytes):
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _action_header(action_id) -> list[tuple[bytes, bytes]]:
+    return [(b"x-warden-action-id", str(action_id).encode())] if action_id else []
+
+
+async def _read_body(receive, limit: int) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise GatewayError(413, "request_too_large", f"The request is over {limit} bytes.")
+        if not message.get("more_body"):
+            return body
+
+
+async def _json(send, status: int, payload: dict, headers=()) -> None:
+    await _raw(send, status, json.dumps(payload).encode(), content_type="application/json", headers=headers)
+
+
+async def _raw(send, status: int, body: bytes, *, content_type: str, headers=()) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type.encode("latin-1")), *headers]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

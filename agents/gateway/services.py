@@ -1,0 +1,195 @@
+"""The gateway's thread side: who is calling, what the gate says, what the upstream's answer cost.
+
+Everything that touches the database runs here (on a worker thread); agents/gateway/app.py runs on the
+event loop, forwards bytes and waits for people. The request body is the agent's: the model, the
+messages and max_tokens are claims read for the gate's estimate, and the cap the gate reserved for is
+written into what goes upstream, so the upstream can never return more than was reserved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from governance.exceptions import Conflict
+from governance.flow import RUNTIME_KEY_PREFIX
+from governance.gate import complete_action, request_action
+from governance.models import Action, ActionOutcome, ActionStatus
+
+from ..runtime.errors import Refused
+from ..runtime.providers import SIMULATED, Upstream, simulated_chat, upstream_for
+
+
+class GatewayError(Exception):
+    """An answer in the OpenAI error shape: {"error": {"type", "message", "code", ...}}."""
+
+    def __init__(self, status: int, kind: str, message: str, **extra):
+        super().__init__(message)
+        self.status, self.kind, self.message, self.extra = status, kind, message, extra
+
+    def body(self) -> dict:
+        return {"error": {"type": self.kind, "code": self.kind, "message": self.message, "param": None,
+                          **self.extra}}
+
+
+@dataclass
+class Caller:
+    agent: object
+    key: object
+
+
+@dataclass
+class Prepared:
+    action: Action
+    upstream: Upstream | None = None
+    body: dict = field(default_factory=dict)  # what goes upstream (the agent's, with Warden's cap)
+    stream: bool = False
+
+
+def authenticate(header: str) -> Caller:
+    from governance.api.authentication import resolve_bearer
+    from governance.models import ApiToken
+
+    scheme, _, secret = (header or "").partition(" ")
+    resolved = resolve_bearer(secret.strip()) if scheme.lower() == "bearer" and secret.strip() else None
+    if resolved is None or isinstance(resolved[1], ApiToken):
+        raise GatewayError(401, "invalid_api_key", "Use an agent key of Warden as the API key.")
+    principal, key = resolved
+    return Caller(agent=principal.agent, key=key)
+
+
+def models_for(caller: Caller) -> dict:
+    """`GET /v1/models`: the models this agent may call (its allowed models that have an upstream)."""
+    from agents.models import Agent
+
+    agent = Agent.objects.get(pk=caller.agent.pk)
+    listed = []
+    for model in agent.allowed_models:
+        try:
+            upstream_for(model)
+        except Refused:
+            continue
+        listed.append({"id": model, "object": "model", "created": 0, "owned_by": "warden"})
+    return {"object": "list", "data": listed}
+
+
+def _idempotency(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > 128 or not value.isprintable():
+        raise GatewayError(400, "invalid_request_error", "Idempotency-Key: 1 to 128 printable characters.")
+    if value.startswith(RUNTIME_KEY_PREFIX):
+        raise GatewayError(400, "invalid_request_error",
+                           f"Idempotency keys beginning {RUNTIME_KEY_PREFIX!r} are reserved for Warden's runtime.")
+    return value
+
+
+def estimate_input_tokens(body: dict) -> int:
+    """Conservative, without a tokenizer: a token per 3 bytes of everything the model reads (messages, tools,
+    response format), plus framing per message."""
+    read = {name: body.get(name) for name in ("messages", "tools", "functions", "response_format", "tool_choice")
+            if body.get(name) is not None}
+    text = json.dumps(read, ensure_ascii=False)
+    return 3 + 4 * len(body.get("messages") or []) + math.ceil(len(text.encode()) / 3)
+
+
+def prepare_chat(caller: Caller, raw: bytes, idempotency_key: str | None) -> Prepared:
+    """Read the request, ask the gate. Raises GatewayError for what cannot be judged."""
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        raise GatewayError(400, "invalid_request_error", "The body is not JSON.") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "invalid_request_error", "The body must be a JSON object.")
+    model, messages = body.get("model"), body.get("messages")
+    if not isinstance(model, str) or not model or len(model) > 255:
+        raise GatewayError(400, "invalid_request_error", "model: the model's name.")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise GatewayError(400, "invalid_request_error", "messages: a non-empty list of message objects.")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise GatewayError(400, "invalid_request_error", "stream: true or false.")
+    asked = body.get("max_completion_tokens", body.get("max_tokens"))
+    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked < 1):
+        raise GatewayError(400, "invalid_request_error", "max_tokens: a whole number of at least 1.")
+    cap = min(asked or settings.WARDEN_GATEWAY_MAX_TOKENS, settings.WARDEN_GATEWAY_MAX_TOKENS_LIMIT)
+    n = body.get("n", 1)
+    if n != 1:
+        raise GatewayError(400, "invalid_request_error", "n: Warden's gateway answers one choice per request.")
+    try:
+        upstream = upstream_for(model)
+    except Refused as refused:
+        raise GatewayError(404, "model_not_found", refused.message) from None
+    # What the upstream gets: the agent's request with Warden's cap in both spellings of it, and usage asked for.
+    forwarded = {**body, "model": upstream.model or model}
+    forwarded.pop("max_completion_tokens", None)
+    forwarded["max_tokens"] = cap
+    if stream:
+        forwarded["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    context = {"input_tokens": estimate_input_tokens(body), "max_output_tokens": cap, "purpose": "gateway: chat",
+               "gateway": {"stream": stream}}
+    try:
+        action = request_action(agent=caller.agent, key=caller.key, action="llm.call", resource=model,
+                                context=context, idempotency_key=_idempotency(idempotency_key))
+    except ValidationError as error:
+        raise GatewayError(400, "invalid_request_error", "; ".join(error.messages)) from None
+    except Conflict as error:
+        raise GatewayError(409, "idempotency_mismatch", error.message) from None
+    return Prepared(action=action, upstream=upstream, body=forwarded, stream=stream)
+
+
+def action_now(action_id) -> Action:
+    return Action.objects.select_related("agent").get(pk=action_id)
+
+
+def verdict(action: Action) -> GatewayError | None:
+    """None when the call may go upstream; else the answer the agent gets."""
+    if action.outcome == ActionOutcome.ALLOWED and action.status == ActionStatus.DECIDED:
+        return None
+    extra = {"reasons": list(action.reasons), "action_id": str(action.pk)}
+    if action.outcome == ActionOutcome.PENDING_APPROVAL:
+        return GatewayError(409, "warden_pending_approval",
+                            "A person must approve this call first. Send it again with the same Idempotency-Key "
+                            "header once it is approved.", **extra)
+    if action.outcome == ActionOutcome.ALLOWED:  # replayed after it completed or lapsed
+        return GatewayError(409, "warden_action_closed", f"This call's action is {action.status}; ask anew with "
+                                                         "another Idempotency-Key.", **extra)
+    return GatewayError(403, "warden_denied", "Warden denied this call: " + "; ".join(action.reasons), **extra)
+
+
+def usage_of(payload: dict | None) -> dict | None:
+    usage = (payload or {}).get("usage")
+    if not isinstance(usage, dict):
+        return None
+    counts = {"input_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("completion_tokens")}
+    counts = {k: v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+    return counts or None
+
+
+def settle(action_id, *, succeeded: bool, usage: dict | None, source: str = "provider") -> Action:
+    """Complete the call's Action with what the upstream reported (or what was counted)."""
+    action = Action.objects.get(pk=action_id)
+    return complete_action(action=action, status="succeeded" if succeeded else "failed", usage=usage,
+                           usage_source=source)
+
+
+def simulated_completion(prepared: Prepared) -> dict:
+    """The simulated provider's answer in the protocol's shape (for a model routed to "simulated")."""
+    import time
+    import uuid
+
+    messages = [{"role": m.get("role", "user"), "content": m["content"] if isinstance(m.get("content"), str)
+                 else json.dumps(m.get("content"))} for m in prepared.body["messages"]]
+    answer = simulated_chat(model=prepared.body["model"], messages=messages, max_tokens=prepared.body["max_tokens"],
+                            response_schema=None)
+    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": prepared.body["model"], "system_fingerprint": SIMULATED,
+            "choices": [{"index": 0, "finish_reason": answer.finish_reason or "stop",
+                         "message": {"role": "assistant", "content": answer.text}}],
+            "usage": {"prompt_tokens": answer.input_tokens or 0, "completion_tokens": answer.output_tokens or 0,
+                      "total_tokens": (answer.input_tokens or 0) + (answer.output_tokens or 0)}}
