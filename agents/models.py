@@ -283,3 +283,18 @@ class RunSchedule(models.Model):
         ordering = ["agent", "id"]
         indexes = [models.Index(fields=["next_run_at"], condition=Q(enabled=True), name="schedule_due_idx")]
         constraints = [models.CheckConstraint(condition=Q(interval_seconds__gte=60), name="schedule_at_most_every_minute")]
+
+
+class GatewayCall(models.Model):
+    """One forward of a gateway call (agents/gateway) to its upstream: an allowed Action is forwarded once."""
+
+    action = models.OneToOneField("governance.Action", primary_key=True, on_delete=models.PROTECT, related_name="+")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="gateway_calls")
+    model = models.CharField(max_length=255)
+    stream = models.BooleanField(default=False)
+    upstream_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["agent", "-started_at"])]

@@ -30,6 +30,8 @@ SINK_KIND = {"llm.call": "model", "tool.call": "tool", "tool.http": "endpoint", 
 # world public data only.
 DEFAULT_SINK = {"model": Clearance.INTERNAL, "tool": Clearance.INTERNAL, "endpoint": Clearance.PUBLIC}
 RUNTIME_KEY_PREFIX = "run:"
+GATEWAY_KEY_PREFIX = "gw:"  # the gateway's Actions (agents/gateway): settled by Warden from the upstream's answer
+RESERVED_KEY_PREFIXES = (RUNTIME_KEY_PREFIX, GATEWAY_KEY_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from . import sql
 from .context import current_correlation_id
 from .exceptions import Conflict
 from .dataviews import served_classification
-from .flow import OUTBOUND, RUNTIME_KEY_PREFIX, Flow, api_flow, merge, sink_clearance
+from .flow import OUTBOUND, RESERVED_KEY_PREFIXES, RUNTIME_KEY_PREFIX, Flow, api_flow, merge, sink_clearance
 from .approvals import approval_open
 from .models import Action, ActionOutcome, ActionStatus, DataView
 from .payloads import check_json, clean_usage, text_problem
@@ -542,6 +542,12 @@ COMPLETION_STATUSES = (ActionStatus.SUCCEEDED, ActionStatus.FAILED)
 
 def is_runtime_action(action: Action) -> bool:
     return (action.idempotency_key or "").startswith(RUNTIME_KEY_PREFIX)
+
+
+def is_settled_by_warden(action: Action) -> bool:
+    """An Action Warden itself completes from what the provider answered (the runtime's, the gateway's): an
+    agent may not complete it with its own claims."""
+    return (action.idempotency_key or "").startswith(RESERVED_KEY_PREFIXES)
 
 
 CLOSED_STATUSES = (ActionStatus.EXPIRED, ActionStatus.CANCELLED)

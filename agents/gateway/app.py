@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +29,8 @@ from django.db import close_old_connections
 
 from . import services
 from .services import GatewayError
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "/v1/"
 
@@ -44,6 +47,9 @@ class Gateway:
             await self._handle(scope, receive, send)
         except GatewayError as error:
             await _json(send, error.status, error.body(), headers=_action_header(error.extra.get("action_id")))
+        except Exception:  # never a bare 500 page: the client gets the protocol's error shape
+            logger.exception("gateway request failed")
+            await _json(send, 500, GatewayError(500, "internal_error", "Warden could not handle this call.").body())
 
     async def _thread(self, function, *args, **kwargs):
         def run():
@@ -74,6 +80,8 @@ class Gateway:
         problem = services.verdict(action)
         if problem is not None:
             raise problem
+        prepared.action = action
+        await self._thread(services.claim, prepared)  # once per Action, even for two requests at one moment
         if prepared.upstream.kind == services.SIMULATED:
             return await self._simulated(prepared, send)
         if prepared.stream:
@@ -121,18 +129,22 @@ class Gateway:
         action_id = prepared.action.pk
         try:
             async with httpx.AsyncClient(timeout=timeout) as client:
-                response = await client.post(url, json=prepared.body, headers=headers)
-        except httpx.TimeoutException:
-            await self._thread(services.settle, action_id, succeeded=False, usage=None)
-            raise GatewayError(504, "upstream_timeout", "The model's upstream did not answer in time.",
-                               action_id=str(action_id)) from None
+                response = await client.post(url, content=prepared.payload, headers=headers)
         except httpx.HTTPError as error:
-            await self._thread(services.settle, action_id, succeeded=False, usage=None)
+            # Never sent (no connection): nothing was used. Sent and the answer lost (a read timeout, a dropped
+            # connection): the upstream may have done the work and bill it: charge what was reserved.
+            sent = not isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
+            usage = services.reserved_usage(prepared.action) if sent else None
+            await self._thread(services.settle, action_id, succeeded=False, usage=usage, source="warden")
+            if isinstance(error, httpx.TimeoutException):
+                raise GatewayError(504, "upstream_timeout", "The model's upstream did not answer in time.",
+                                   action_id=str(action_id)) from None
             raise GatewayError(502, "upstream_unavailable", f"The model's upstream could not be reached: "
                                                             f"{type(error).__name__}.", action_id=str(action_id)) from None
         payload = _parsed(response.content)
         ok = response.status_code < 400 and isinstance(payload, dict)
-        await self._thread(services.settle, action_id, succeeded=ok, usage=services.usage_of(payload))
+        await self._thread(services.settle, action_id, succeeded=ok, usage=services.usage_of(payload),
+                           upstream_status=response.status_code)
         await _raw(send, response.status_code, response.content,
                    content_type=response.headers.get("content-type", "application/json"),
                    headers=_action_header(action_id))
@@ -144,11 +156,12 @@ class Gateway:
         started, held = False, b""
         try:
             async with httpx.AsyncClient(timeout=timeout) as client:
-                async with client.stream("POST", url, json=prepared.body, headers=headers) as response:
+                async with client.stream("POST", url, content=prepared.payload, headers=headers) as response:
                     if response.status_code >= 400:
                         content = await response.aread()
                         await self._thread(services.settle, action_id, succeeded=False,
-                                           usage=services.usage_of(_parsed(content)))
+                                           usage=services.usage_of(_parsed(content)),
+                                           upstream_status=response.status_code)
                         return await _raw(send, response.status_code, content,
                                           content_type=response.headers.get("content-type", "application/json"),
                                           headers=_action_header(action_id))
@@ -163,6 +176,11 @@ class Gateway:
                         if held:
                             await send({"type": "http.response.body", "body": held, "more_body": True})
                         held = chunk
+        except asyncio.CancelledError:
+            # The server is shutting down under this stream: what was streamed is still charged.
+            await asyncio.shield(self._thread(services.settle, action_id, succeeded=False,
+                                              usage=counted.usage(prepared), source="warden"))
+            raise
         except (httpx.HTTPError, OSError) as error:
             # Broken (or never started): settle what was streamed, as Warden counted it.
             usage = counted.usage(prepared)
@@ -223,8 +241,8 @@ class _StreamCount:
                 self.reported = usage
             for choice in event.get("choices") or []:
                 delta = (choice or {}).get("delta") or {}
-                for value in (delta.get("content"), json.dumps(delta.get("tool_calls")) if delta.get("tool_calls")
-                              else None):
+                for value in (delta.get("content"), delta.get("refusal"), delta.get("reasoning_content"),
+                              json.dumps(delta.get("tool_calls")) if delta.get("tool_calls") else None):
                     if isinstance(value, str):
                         self.content_bytes += len(value.encode())
 
@@ -232,7 +250,8 @@ class _StreamCount:
         if self.reported:
             return self.reported
         return {"input_tokens": prepared.action.context.get("input_tokens", 0),
-                "output_tokens": min(math.ceil(self.content_bytes / 3), prepared.body["max_tokens"])}
+                "output_tokens": min(math.ceil(self.content_bytes / 3),
+                                     prepared.body.get("max_tokens") or prepared.body.get("max_completion_tokens"))}
 
 
 def _parsed(raw: bytes):

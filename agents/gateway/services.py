@@ -8,6 +8,7 @@ written into what goes upstream, so the upstream can never return more than was 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from governance.exceptions import Conflict
-from governance.flow import RUNTIME_KEY_PREFIX
+from governance.flow import GATEWAY_KEY_PREFIX
 from governance.gate import complete_action, request_action
 from governance.models import Action, ActionOutcome, ActionStatus
 
@@ -48,6 +49,7 @@ class Prepared:
     upstream: Upstream | None = None
     body: dict = field(default_factory=dict)  # what goes upstream (the agent's, with Warden's cap)
     stream: bool = False
+    payload: bytes = b""  # body, encoded: the bytes whose digest the gate judged
 
 
 def authenticate(header: str) -> Caller:
@@ -77,62 +79,102 @@ def models_for(caller: Caller) -> dict:
     return {"object": "list", "data": listed}
 
 
-def _idempotency(value: str | None) -> str | None:
+# What the gateway forwards. Anything else could make the upstream do (and bill) what the gate never judged:
+# several choices, predicted outputs, audio, images fetched from URLs the agent chose, another model.
+FORWARDED = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
+             "presence_penalty", "frequency_penalty", "seed", "response_format", "tools", "tool_choice",
+             "parallel_tool_calls", "user", "stream", "stream_options", "logit_bias", "n"}
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+def _idempotency(value: str | None) -> str:
+    """The Action's key: the agent's Idempotency-Key (to ask again after an approval), or a fresh one; always
+    under the gateway's reserved prefix, so the Action is settled by Warden and by nobody else."""
+    import uuid
+
     if value is None:
-        return None
+        return f"{GATEWAY_KEY_PREFIX}{uuid.uuid4()}"
     value = value.strip()
-    if not value or len(value) > 128 or not value.isprintable():
-        raise GatewayError(400, "invalid_request_error", "Idempotency-Key: 1 to 128 printable characters.")
-    if value.startswith(RUNTIME_KEY_PREFIX):
-        raise GatewayError(400, "invalid_request_error",
-                           f"Idempotency keys beginning {RUNTIME_KEY_PREFIX!r} are reserved for Warden's runtime.")
-    return value
+    if not value or len(value) > 120 or not value.isprintable():
+        raise GatewayError(400, "invalid_request_error", "Idempotency-Key: 1 to 120 printable characters.")
+    return f"{GATEWAY_KEY_PREFIX}{value}"
 
 
 def estimate_input_tokens(body: dict) -> int:
     """Conservative, without a tokenizer: a token per 3 bytes of everything the model reads (messages, tools,
     response format), plus framing per message."""
-    read = {name: body.get(name) for name in ("messages", "tools", "functions", "response_format", "tool_choice")
+    read = {name: body.get(name) for name in ("messages", "tools", "response_format", "tool_choice")
             if body.get(name) is not None}
     text = json.dumps(read, ensure_ascii=False)
-    return 3 + 4 * len(body.get("messages") or []) + math.ceil(len(text.encode()) / 3)
+    return 3 + 4 * len(body.get("messages") or []) + math.ceil(len(text.encode("utf-8", "replace")) / 3)
+
+
+def _check_messages(messages) -> None:
+    if not isinstance(messages, list) or not messages or len(messages) > 1000:
+        raise GatewayError(400, "invalid_request_error", "messages: a list of 1 to 1,000 message objects.")
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise GatewayError(400, "invalid_request_error",
+                               f"messages: objects with a role of {', '.join(sorted(ROLES))}.")
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise GatewayError(400, "invalid_request_error",
+                                       "messages: only text content is forwarded by Warden's gateway (images, audio "
+                                       "and files are not priced or judged yet).")
+        elif content is not None and not isinstance(content, str):
+            raise GatewayError(400, "invalid_request_error", "messages: content is a string or a list of text parts.")
 
 
 def prepare_chat(caller: Caller, raw: bytes, idempotency_key: str | None) -> Prepared:
     """Read the request, ask the gate. Raises GatewayError for what cannot be judged."""
     try:
-        body = json.loads(raw or b"{}")
+        body = json.loads(raw or b"{}", parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise GatewayError(400, "invalid_request_error", "The body is not JSON.") from None
     if not isinstance(body, dict):
         raise GatewayError(400, "invalid_request_error", "The body must be a JSON object.")
-    model, messages = body.get("model"), body.get("messages")
-    if not isinstance(model, str) or not model or len(model) > 255:
+    unknown = sorted(set(body) - FORWARDED)
+    if unknown:
+        raise GatewayError(400, "invalid_request_error", f"Warden's gateway does not forward {', '.join(unknown)[:300]}.",
+                           param=unknown[0][:100])
+    model = body.get("model")
+    if not isinstance(model, str) or not model or len(model) > 255 or not model.isprintable():
         raise GatewayError(400, "invalid_request_error", "model: the model's name.")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise GatewayError(400, "invalid_request_error", "messages: a non-empty list of message objects.")
+    _check_messages(body.get("messages"))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise GatewayError(400, "invalid_request_error", "stream: true or false.")
-    asked = body.get("max_completion_tokens", body.get("max_tokens"))
-    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked < 1):
-        raise GatewayError(400, "invalid_request_error", "max_tokens: a whole number of at least 1.")
-    cap = min(asked or settings.WARDEN_GATEWAY_MAX_TOKENS, settings.WARDEN_GATEWAY_MAX_TOKENS_LIMIT)
+    if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
+        raise GatewayError(400, "invalid_request_error", "stream_options: an object.")
     n = body.get("n", 1)
-    if n != 1:
+    if isinstance(n, bool) or n != 1 or not isinstance(n, int):
         raise GatewayError(400, "invalid_request_error", "n: Warden's gateway answers one choice per request.")
+    spelling = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = body.get(spelling)
+    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked < 1):
+        raise GatewayError(400, "invalid_request_error", f"{spelling}: a whole number of at least 1.")
+    cap = min(asked or settings.WARDEN_GATEWAY_MAX_TOKENS, settings.WARDEN_GATEWAY_MAX_TOKENS_LIMIT)
     try:
         upstream = upstream_for(model)
     except Refused as refused:
         raise GatewayError(404, "model_not_found", refused.message) from None
-    # What the upstream gets: the agent's request with Warden's cap in both spellings of it, and usage asked for.
+    # What the upstream gets: the agent's request with Warden's cap (in the spelling it used), usage asked for.
     forwarded = {**body, "model": upstream.model or model}
+    forwarded.pop("max_tokens", None)
     forwarded.pop("max_completion_tokens", None)
-    forwarded["max_tokens"] = cap
+    forwarded[spelling] = cap
     if stream:
         forwarded["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    try:
+        payload = json.dumps(forwarded, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        raise GatewayError(400, "invalid_request_error", "The body holds text or numbers that cannot be sent on "
+                                                         "(a lone surrogate, NaN).") from None
+    # The content is part of what is judged: the same Idempotency-Key with other content is another request.
     context = {"input_tokens": estimate_input_tokens(body), "max_output_tokens": cap, "purpose": "gateway: chat",
-               "gateway": {"stream": stream}}
+               "gateway": {"stream": stream, "request_sha256": hashlib.sha256(payload).hexdigest()}}
     try:
         action = request_action(agent=caller.agent, key=caller.key, action="llm.call", resource=model,
                                 context=context, idempotency_key=_idempotency(idempotency_key))
@@ -140,7 +182,28 @@ def prepare_chat(caller: Caller, raw: bytes, idempotency_key: str | None) -> Pre
         raise GatewayError(400, "invalid_request_error", "; ".join(error.messages)) from None
     except Conflict as error:
         raise GatewayError(409, "idempotency_mismatch", error.message) from None
-    return Prepared(action=action, upstream=upstream, body=forwarded, stream=stream)
+    return Prepared(action=action, upstream=upstream, body=forwarded, stream=stream, payload=payload)
+
+
+def claim(prepared: Prepared) -> None:
+    """An allowed Action goes upstream once: a second request with the same key (even at the same moment) is
+    refused, not forwarded again."""
+    from django.db import IntegrityError, transaction
+
+    from ..models import GatewayCall
+
+    try:
+        with transaction.atomic():
+            GatewayCall.objects.create(action_id=prepared.action.pk, agent_id=prepared.action.agent_id,
+                                       model=prepared.body["model"][:255], stream=prepared.stream)
+    except IntegrityError:
+        raise GatewayError(409, "warden_action_closed", "This call's action was already forwarded; ask anew with "
+                                                        "another Idempotency-Key.",
+                           action_id=str(prepared.action.pk)) from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def action_now(action_id) -> Action:
@@ -171,11 +234,28 @@ def usage_of(payload: dict | None) -> dict | None:
     return counts or None
 
 
-def settle(action_id, *, succeeded: bool, usage: dict | None, source: str = "provider") -> Action:
-    """Complete the call's Action with what the upstream reported (or what was counted)."""
+def settle(action_id, *, succeeded: bool, usage: dict | None, source: str = "provider",
+           upstream_status: int | None = None) -> Action:
+    """Complete the call's Action with what the upstream reported (or what was counted). A usage report the
+    ledger cannot take (absurd numbers) is replaced by what was reserved, counted by Warden."""
+    from django.utils import timezone
+
+    from ..models import GatewayCall
+
     action = Action.objects.get(pk=action_id)
-    return complete_action(action=action, status="succeeded" if succeeded else "failed", usage=usage,
-                           usage_source=source)
+    status = "succeeded" if succeeded else "failed"
+    try:
+        completed = complete_action(action=action, status=status, usage=usage, usage_source=source)
+    except ValidationError:
+        completed = complete_action(action=action, status=status, usage=reserved_usage(action), usage_source="warden")
+    GatewayCall.objects.filter(action_id=action_id).update(upstream_status=upstream_status, finished_at=timezone.now())
+    return completed
+
+
+def reserved_usage(action: Action) -> dict:
+    """What the call was allowed to use: charged when the upstream was asked and its answer was lost."""
+    return {"input_tokens": action.context.get("input_tokens", 0),
+            "output_tokens": action.context.get("max_output_tokens", 0)}
 
 
 def simulated_completion(prepared: Prepared) -> dict:
@@ -185,8 +265,8 @@ def simulated_completion(prepared: Prepared) -> dict:
 
     messages = [{"role": m.get("role", "user"), "content": m["content"] if isinstance(m.get("content"), str)
                  else json.dumps(m.get("content"))} for m in prepared.body["messages"]]
-    answer = simulated_chat(model=prepared.body["model"], messages=messages, max_tokens=prepared.body["max_tokens"],
-                            response_schema=None)
+    cap = prepared.body.get("max_tokens") or prepared.body.get("max_completion_tokens")
+    answer = simulated_chat(model=prepared.body["model"], messages=messages, max_tokens=cap, response_schema=None)
     return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
             "model": prepared.body["model"], "system_fingerprint": SIMULATED,
             "choices": [{"index": 0, "finish_reason": answer.finish_reason or "stop",

@@ -18,10 +18,11 @@ class ActionRequestInput(serializers.Serializer):
     on_behalf_of = serializers.UUIDField(required=False)
 
     def validate_idempotency_key(self, value: str) -> str:
-        from governance.gate import RUNTIME_KEY_PREFIX
+        from governance.flow import RESERVED_KEY_PREFIXES
 
-        if value.startswith(RUNTIME_KEY_PREFIX):
-            raise serializers.ValidationError(f"Keys beginning {RUNTIME_KEY_PREFIX!r} are reserved for Warden's runtime.")
+        if value.startswith(RESERVED_KEY_PREFIXES):
+            raise serializers.ValidationError(f"Keys beginning {' or '.join(map(repr, RESERVED_KEY_PREFIXES))} are "
+                                              "reserved for Warden's runtime and gateway.")
         return value
 
 

@@ -103,9 +103,9 @@ class ActionCompleteView(APIView):
     def post(self, request, action_id):
         action = _action_for(request, action_id)
         data = valid(s.CompleteInput, request.data)
-        if gate.is_runtime_action(action):
-            raise Conflict("Warden's runtime completes this action from the provider's answer; an agent cannot.",
-                           code="runtime_action")
+        if gate.is_settled_by_warden(action):
+            raise Conflict("Warden completes this action from the provider's answer (runtime or gateway); an agent "
+                           "cannot.", code="runtime_action")
         action = gate.complete_action(
             action=action, status=data["status"], usage=data.get("usage"), usage_source="agent",
             declared_cost_micros=data.get("cost"),

@@ -136,9 +136,11 @@ def test_a_call_still_waiting_is_a_409_and_the_same_idempotency_key_runs_it_once
     assert raw.headers["x-warden-action-id"] == action_id and len(upstream.calls) == 1
     with pytest.raises(openai.ConflictError):  # the same key again: that action is spent
         gateway.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=20, extra_headers=key)
+    with pytest.raises(openai.ConflictError) as other:  # the same key with other content: another request
+        gateway.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Something else!"}],
+                                        max_tokens=20, extra_headers=key)
+    assert other.value.body["type"] == "idempotency_mismatch"
     assert len(upstream.calls) == 1
-    with pytest.raises(openai.BadRequestError):
-        gateway.chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers={"Idempotency-Key": "run:x"})
 
 
 @pytest.mark.parametrize("status,error", [(429, openai.RateLimitError), (500, openai.InternalServerError)])
@@ -151,12 +153,16 @@ def test_upstream_errors_come_back_as_the_upstream_said_and_release_the_reservat
     assert action.status == "failed" and action.actual_cost_micros == 0 and reserved_now() == 0
 
 
-def test_an_upstream_that_does_not_answer_in_time_is_a_504_and_costs_nothing(gateway, upstream):
+def test_an_upstream_that_does_not_answer_in_time_is_a_504_charged_what_was_reserved(gateway, upstream):
+    """It was asked and may bill for the work: the reservation is charged (Warden's count), never dropped."""
     upstream.reply(200, None, delay=3)
     with pytest.raises(openai.InternalServerError) as raised:
         gateway.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=20)
     assert raised.value.status_code == 504 and raised.value.body["type"] == "upstream_timeout"
-    assert Action.objects.get().status == "failed" and reserved_now() == 0
+    action = Action.objects.get()
+    assert action.status == "failed" and reserved_now() == 0
+    assert action.usage["usage"] == {"input_tokens": action.context["input_tokens"], "output_tokens": 20}
+    assert action.usage["usage_source"] == "warden" and action.actual_cost_micros == action.estimated_cost_micros
 
 
 def test_a_stream_is_forwarded_and_charged_from_its_usage_chunk(gateway, upstream):
@@ -240,3 +246,70 @@ def test_a_model_routed_to_the_simulated_provider_answers_in_the_protocol_and_sa
     chunks = list(gateway.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=40, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) and chunks[-1].usage
     assert set(Action.objects.values_list("usage__usage_source", flat=True)) == {"simulated"}
+
+
+
+@pytest.mark.parametrize("extra,says", [
+    ({"prediction": {"type": "content", "content": "x" * 100}}, "does not forward prediction"),
+    ({"n": 3}, "one choice per request"),
+    ({"n": True}, "one choice per request"),
+    ({"modalities": ["audio"]}, "does not forward modalities"),
+    ({"stream": True, "stream_options": "x"}, "stream_options: an object"),
+])
+def test_fields_that_would_make_the_upstream_do_more_than_was_judged_are_refused(gateway, upstream, extra, says):
+    with pytest.raises(openai.BadRequestError) as raised:
+        gateway.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=20, extra_body=extra)
+    assert says in raised.value.body["message"]
+    assert upstream.calls == [] and not Action.objects.exists()
+
+
+def test_content_that_cannot_be_judged_or_sent_is_refused_before_the_gate(gateway, upstream):
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.example/a.png"}}]}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        gateway.chat.completions.create(model="gpt-4o-mini", messages=image, max_tokens=20)
+    assert "only text content" in raised.value.body["message"]
+    import httpx
+
+    bodies = [b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\\ud800"}]}',
+              b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+              b"not json", b"[]", b'{"model": 5, "messages": []}']
+    for body in bodies:
+        answer = httpx.post(f"{gateway.url}/v1/chat/completions", content=body,
+                            headers={"Authorization": f"Bearer {gateway.api_key}", "Content-Type": "application/json"})
+        assert answer.status_code == 400 and answer.json()["error"]["type"] == "invalid_request_error", body
+    assert upstream.calls == [] and not Action.objects.exists()
+
+
+def test_two_requests_with_one_key_at_the_same_moment_go_upstream_once(gateway, upstream):
+    from concurrent.futures import ThreadPoolExecutor
+
+    upstream.delay = 0.3
+    key = {"Idempotency-Key": "twice-at-once"}
+
+    def call(_):
+        try:
+            return gateway.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=20,
+                                                   extra_headers=key).choices[0].message.content
+        except openai.ConflictError as error:
+            return error.body["type"]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(call, range(4)))
+    assert len(upstream.calls) == 1 and Action.objects.count() == 1
+    assert sum(r.startswith("fake answer") for r in results) == 1 and results.count("warden_action_closed") == 3
+
+
+def test_an_agent_cannot_settle_a_gateway_action_over_the_rest_api(gateway, upstream):
+    from rest_framework.test import APIClient
+
+    upstream.delay = 0.5
+    raw = gateway.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO, max_tokens=20)
+    action_id = raw.headers["x-warden-action-id"]
+    rest = APIClient()
+    rest.credentials(HTTP_AUTHORIZATION=f"Bearer {gateway.api_key}")
+    claimed = rest.post(f"/api/v1/actions/{action_id}/complete/", {"status": "failed"}, format="json")
+    assert claimed.status_code == 409
+    taken = rest.post("/api/v1/actions/", {"action": "llm.call", "resource": "gpt-4o-mini",
+                                            "idempotency_key": "gw:twice-at-once",
+                                            "context": {"input_tokens": 1, "max_output_tokens": 1}}, format="json")
+    assert taken.status_code == 400 and "reserved for Warden's runtime and gateway" in taken.content.decode()
