@@ -2,6 +2,7 @@
 
     GET  /v1/models              the models this agent may call
     POST /v1/chat/completions    through the gate, then to the model's upstream (streaming or not)
+    POST /v1/embeddings          likewise (an llm.call that reads its input and writes no tokens)
 
 An agent points an OpenAI client at Warden (`base_url=<warden>/v1`, `api_key=<its Warden key>`). Each call is
 an `llm.call` Action: denied → 403 `warden_denied`; pending a person → waits up to
@@ -64,7 +65,7 @@ class Gateway:
     async def _handle(self, scope, receive, send):
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         path, method = scope["path"], scope["method"]
-        routes = {"/v1/models": "GET", "/v1/chat/completions": "POST"}
+        routes = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/embeddings": "POST"}
         if path not in routes:
             raise GatewayError(404, "not_found", f"Warden's gateway does not serve {path}.")
         if method != routes[path]:
@@ -73,7 +74,8 @@ class Gateway:
         if path == "/v1/models":
             return await _json(send, 200, await self._thread(services.models_for, caller))
         body = await _read_body(receive, settings.WARDEN_GATEWAY_MAX_BODY)
-        prepared = await self._thread(services.prepare_chat, caller, body, headers.get("idempotency-key"))
+        prepare = services.prepare_embeddings if path == "/v1/embeddings" else services.prepare_chat
+        prepared = await self._thread(prepare, caller, body, headers.get("idempotency-key"))
         action = prepared.action
         if action.outcome == "pending_approval":
             action = await self._await_decision(action)
@@ -119,7 +121,8 @@ class Gateway:
 
     def _request(self, prepared):
         upstream = prepared.upstream
-        return (upstream.base_url.rstrip("/") + "/chat/completions",
+        endpoint = "/embeddings" if prepared.kind == "embeddings" else "/chat/completions"
+        return (upstream.base_url.rstrip("/") + endpoint,
                 {"Authorization": f"Bearer {upstream.api_key or 'none'}", "Content-Type": "application/json",
                  "X-Warden-Action": str(prepared.action.pk)},
                 httpx.Timeout(upstream.timeout, connect=min(10.0, upstream.timeout)))
@@ -202,6 +205,11 @@ class Gateway:
         await send({"type": "http.response.body", "body": held, "more_body": False})
 
     async def _simulated(self, prepared, send):
+        if prepared.kind == "embeddings":
+            payload = await self._thread(services.simulated_embeddings, prepared)
+            await self._thread(services.settle, prepared.action.pk, succeeded=True, usage=services.usage_of(payload),
+                               source="simulated")
+            return await _json(send, 200, payload, headers=_action_header(prepared.action.pk))
         payload = await self._thread(services.simulated_completion, prepared)
         usage = services.usage_of(payload)
         await self._thread(services.settle, prepared.action.pk, succeeded=True, usage=usage, source="simulated")

@@ -50,6 +50,7 @@ class Prepared:
     body: dict = field(default_factory=dict)  # what goes upstream (the agent's, with Warden's cap)
     stream: bool = False
     payload: bytes = b""  # body, encoded: the bytes whose digest the gate judged
+    kind: str = "chat"  # or "embeddings"
 
 
 def authenticate(header: str) -> Caller:
@@ -185,6 +186,69 @@ def prepare_chat(caller: Caller, raw: bytes, idempotency_key: str | None) -> Pre
     return Prepared(action=action, upstream=upstream, body=forwarded, stream=stream, payload=payload)
 
 
+EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
+
+
+def prepare_embeddings(caller: Caller, raw: bytes, idempotency_key: str | None) -> Prepared:
+    """`POST /v1/embeddings`: an llm.call of the model that reads the input and writes no tokens."""
+    try:
+        body = json.loads(raw or b"{}", parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise GatewayError(400, "invalid_request_error", "The body is not JSON.") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "invalid_request_error", "The body must be a JSON object.")
+    unknown = sorted(set(body) - EMBEDDING_FIELDS)
+    if unknown:
+        raise GatewayError(400, "invalid_request_error", f"Warden's gateway does not forward {', '.join(unknown)[:300]}.")
+    model, given = body.get("model"), body.get("input")
+    if not isinstance(model, str) or not model or len(model) > 255 or not model.isprintable():
+        raise GatewayError(400, "invalid_request_error", "model: the model's name.")
+    items = [given] if isinstance(given, str) else given
+    if not isinstance(items, list) or not items or len(items) > 2048 or not all(
+            isinstance(item, str) or (isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                                    for t in item)) for item in items):
+        raise GatewayError(400, "invalid_request_error", "input: text, or a list of 1 to 2,048 texts or token arrays.")
+    try:
+        upstream = upstream_for(model)
+    except Refused as refused:
+        raise GatewayError(404, "model_not_found", refused.message) from None
+    forwarded = {**body, "model": upstream.model or model}
+    try:
+        payload = json.dumps(forwarded, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        raise GatewayError(400, "invalid_request_error", "The body holds text that cannot be sent on.") from None
+    # A token array counts a token per element; text a token per 3 bytes.
+    tokens = sum(len(item) if isinstance(item, list) else math.ceil(len(item.encode("utf-8")) / 3) + 1
+                 for item in items)
+    context = {"input_tokens": tokens, "max_output_tokens": 0, "purpose": "gateway: embeddings",
+               "gateway": {"embeddings": True, "request_sha256": hashlib.sha256(payload).hexdigest()}}
+    try:
+        action = request_action(agent=caller.agent, key=caller.key, action="llm.call", resource=model,
+                                context=context, idempotency_key=_idempotency(idempotency_key))
+    except ValidationError as error:
+        raise GatewayError(400, "invalid_request_error", "; ".join(error.messages)) from None
+    except Conflict as error:
+        raise GatewayError(409, "idempotency_mismatch", error.message) from None
+    return Prepared(action=action, upstream=upstream, body=forwarded, payload=payload, kind="embeddings")
+
+
+def simulated_embeddings(prepared: Prepared) -> dict:
+    """The simulated provider's embeddings: deterministic unit vectors (the text's hash), labelled simulated."""
+    items = prepared.body["input"]
+    items = [items] if isinstance(items, str) else items
+    size = prepared.body.get("dimensions") if isinstance(prepared.body.get("dimensions"), int) else 16
+    size = max(1, min(size, 64))
+    data = []
+    for index, item in enumerate(items):
+        digest = hashlib.sha256(json.dumps(item).encode()).digest()
+        vector = [(digest[i % len(digest)] - 127.5) / 127.5 for i in range(size)]
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        data.append({"object": "embedding", "index": index, "embedding": [round(v / norm, 6) for v in vector]})
+    used = prepared.action.context["input_tokens"]
+    return {"object": "list", "data": data, "model": prepared.body["model"], "simulated": True,
+            "usage": {"prompt_tokens": used, "total_tokens": used}}
+
+
 def claim(prepared: Prepared) -> None:
     """An allowed Action goes upstream once: a second request with the same key (even at the same moment) is
     refused, not forwarded again."""
@@ -229,7 +293,7 @@ def usage_of(payload: dict | None) -> dict | None:
     usage = (payload or {}).get("usage")
     if not isinstance(usage, dict):
         return None
-    counts = {"input_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("completion_tokens")}
+    counts = {"input_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("completion_tokens", 0)}
     counts = {k: v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
     return counts or None
 

@@ -313,3 +313,19 @@ def test_an_agent_cannot_settle_a_gateway_action_over_the_rest_api(gateway, upst
                                             "idempotency_key": "gw:twice-at-once",
                                             "context": {"input_tokens": 1, "max_output_tokens": 1}}, format="json")
     assert taken.status_code == 400 and "reserved for Warden's runtime and gateway" in taken.content.decode()
+
+
+def test_embeddings_go_through_the_gate_and_are_charged_the_upstreams_count(gateway, upstream, policy):
+    raw = gateway.embeddings.with_raw_response.create(model="gpt-4o-mini", input=["first text", "second text"])
+    vectors = raw.parse()
+    assert [item.embedding for item in vectors.data] == [[0.1, 0.2, 0.3]] * 2
+    action = Action.objects.get(pk=raw.headers["x-warden-action-id"])
+    assert upstream.calls[0]["path"] == "/v1/embeddings" and upstream.calls[0]["action"] == str(action.pk)
+    assert action.context["max_output_tokens"] == 0
+    assert action.usage["usage"] == {"input_tokens": 10, "output_tokens": 0} and reserved_now() == 0
+    policy("no-big-model", 'forbid(principal, action, resource == Model::"gpt-4o");')
+    with pytest.raises(openai.PermissionDeniedError):
+        gateway.embeddings.create(model="gpt-4o", input="x")
+    with pytest.raises(openai.BadRequestError):
+        gateway.embeddings.create(model="gpt-4o-mini", input=[])
+    assert len(upstream.calls) == 1

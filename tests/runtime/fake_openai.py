@@ -59,6 +59,12 @@ def _handler(fake: FakeOpenAI):
             time.sleep(delay or fake.delay)
             if request.get("stream") and status == 200 and (body is None or body == BROKEN):
                 return self._stream(request, broken=body == BROKEN)
+            if body is None and self.path.endswith("/embeddings"):
+                items = request["input"] if isinstance(request["input"], list) else [request["input"]]
+                body = {"object": "list", "model": request["model"],
+                        "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                                 for i in range(len(items))],
+                        "usage": {"prompt_tokens": 5 * len(items), "total_tokens": 5 * len(items)}}
             if body is None:
                 body = fake.completion(request)
             raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
