@@ -78,8 +78,13 @@ def run(report, secret: str, *, workers: int = 2, connections: int = 16, seconds
     if shutil.which("wrk") is None:
         report("wrk is not installed (make bench installs it): skipped")
         return {}
+    from tests.runtime.fake_openai import fake_openai
+
+    upstream_context = fake_openai()
+    upstream = upstream_context.__enter__()  # the gateway's upstream: a local server speaking the protocol
     port = _free_port()
-    env = dict(os.environ, WARDEN_LOG_LEVEL="WARNING")
+    env = dict(os.environ, WARDEN_LOG_LEVEL="WARNING",
+               WARDEN_LLM_UPSTREAMS=json.dumps({"*": {"base_url": upstream.url, "api_key": "bench", "timeout": 10}}))
     log = open(ROOT / "var" / "bench-server.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "governance.asgi:application", "--host", "127.0.0.1", "--port", str(port),
@@ -111,8 +116,10 @@ def run(report, secret: str, *, workers: int = 2, connections: int = 16, seconds
                f"= {actions['rps'] / ceiling['rps'] * 100:.0f}% of the bare endpoint")
         report(propagation(base, secret, body))
         report(approval_wake(base, secret))
+        report(gateway_overhead(base, secret, upstream.url))
         return {"ceiling": ceiling, "actions": actions, "base": base}
     finally:
+        upstream_context.__exit__(None, None, None)
         os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=15)
@@ -165,3 +172,34 @@ def approval_wake(base: str, secret: str, *, rounds: int = 10) -> str:
     return (f"approval long-poll (GET /actions/{{id}}/?wait=30, {rounds} rounds): answered {waits[len(waits) // 2]:.0f} ms "
             f"(p50), {waits[-1]:.0f} ms (max) after finance's decision committed [target < 1000 ms]; "
             f"outcomes {sorted(set(outcomes))}")
+
+
+def gateway_overhead(base: str, secret: str, upstream_url: str, *, rounds: int = 200) -> str:
+    """The same chat completion sent straight to the (local, instant) upstream and through Warden's gateway,
+    one after another, alternating: what the gate, the reservation, the settlement and the audit add."""
+    import httpx
+
+    body = {"model": "model-03", "max_tokens": 50, "messages": [{"role": "user", "content": "Summarise the ticket"}]}
+    direct, through, failures = [], [], 0
+    with httpx.Client(timeout=30) as client:
+        for number in range(rounds + 20):
+            started = time.perf_counter()
+            client.post(upstream_url + "/chat/completions", json=body, headers={"Authorization": "Bearer bench"})
+            middle = time.perf_counter()
+            answer = client.post(base + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"})
+            ended = time.perf_counter()
+            if number < 20:
+                continue  # warm-up
+            failures += answer.status_code != 200
+            direct.append((middle - started) * 1000)
+            through.append((ended - middle) * 1000)
+    direct.sort()
+    through.sort()
+
+    def pct(values, q):
+        return values[min(len(values) - 1, int(len(values) * q))]
+
+    return (f"gateway (POST /v1/chat/completions, {rounds} calls one at a time, instant local upstream): direct "
+            f"p50 {pct(direct, .5):.1f} ms p99 {pct(direct, .99):.1f} ms; through Warden p50 {pct(through, .5):.1f} ms "
+            f"p99 {pct(through, .99):.1f} ms; Warden adds {pct(through, .5) - pct(direct, .5):.1f} ms p50, "
+            f"{pct(through, .99) - pct(direct, .99):.1f} ms p99; non-200 {failures} [proxies add 2-12 ms p50]")

@@ -98,7 +98,12 @@ def api_flow(*, agent_id, now: dt.datetime, declared: int | None) -> Flow:
     # The most sensitive reads of the window, whatever came after them (many harmless reads wash nothing out);
     # a read counts from when it was served (completed), not from when it was asked (it may have waited for a
     # person).
-    reads = (Action.objects.filter(agent_id=agent_id, action="data.read", outcome=ActionOutcome.ALLOWED)
+    # A read served within the window was asked at most an approval's longest wait before it (the index's range).
+    from .policy_engine import MAX_EXPIRY
+
+    asked_since = since - dt.timedelta(seconds=max(MAX_EXPIRY, settings.WARDEN_APPROVAL_TTL_HOURS * 3600))
+    reads = (Action.objects.filter(agent_id=agent_id, action="data.read", outcome=ActionOutcome.ALLOWED,
+                                   created_at__gte=asked_since)
              .annotate(at=Coalesce("completed_at", "allowed_at", "created_at"),
                        level=Cast(KeyTextTransform("data_classification", "cedar_context"), IntegerField()))
              .filter(at__gte=since)

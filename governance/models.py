@@ -238,6 +238,9 @@ class Action(models.Model):
             # What the sweep and the kill switch look for: allowed and not completed, a small set.
             models.Index(fields=["allowed_at"], condition=Q(outcome="allowed", status="decided"),
                          name="action_open_allowed_idx"),
+            # What an agent read lately (governance/flow.py asks on every outbound call over the API).
+            models.Index(fields=["agent", "-created_at"], condition=Q(action="data.read", outcome="allowed"),
+                         name="action_reads_by_agent_idx"),
         ]
 
 

@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import math
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -40,6 +41,17 @@ class Gateway:
     def __init__(self, app, threads: int = 4):
         self.app = app
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warden-gateway")
+        self._clients = weakref.WeakKeyDictionary()  # event loop -> its client
+
+    def _client(self) -> httpx.AsyncClient:
+        """One HTTP client per event loop, kept: making one loads the CA bundle (tens of milliseconds) and
+        a kept one reuses connections to the upstream."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = self._clients[loop] = httpx.AsyncClient(follow_redirects=False,
+                                                             limits=httpx.Limits(max_connections=200))
+        return client
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope.get("path", "").startswith(PREFIX):
@@ -70,20 +82,22 @@ class Gateway:
             raise GatewayError(404, "not_found", f"Warden's gateway does not serve {path}.")
         if method != routes[path]:
             raise GatewayError(405, "method_not_allowed", f"{path} takes {routes[path]}.")
-        caller = await self._thread(services.authenticate, headers.get("authorization", ""))
         if path == "/v1/models":
+            caller = await self._thread(services.authenticate, headers.get("authorization", ""))
             return await _json(send, 200, await self._thread(services.models_for, caller))
         body = await _read_body(receive, settings.WARDEN_GATEWAY_MAX_BODY)
-        prepare = services.prepare_embeddings if path == "/v1/embeddings" else services.prepare_chat
-        prepared = await self._thread(prepare, caller, body, headers.get("idempotency-key"))
-        action = prepared.action
-        if action.outcome == "pending_approval":
-            action = await self._await_decision(action)
-        problem = services.verdict(action)
-        if problem is not None:
-            raise problem
-        prepared.action = action
-        await self._thread(services.claim, prepared)  # once per Action, even for two requests at one moment
+        # One hop onto a thread: the caller, the gate's decision and, when allowed, the claim to forward it.
+        prepared = await self._thread(services.admit, headers.get("authorization", ""), body,
+                                      headers.get("idempotency-key"), embeddings=path == "/v1/embeddings")
+        if not prepared.claimed:
+            action = prepared.action
+            if action.outcome == "pending_approval":
+                action = await self._await_decision(action)
+            problem = services.verdict(action)
+            if problem is not None:
+                raise problem
+            prepared.action = action
+            await self._thread(services.claim, prepared)  # once per Action, even for two requests at one moment
         if prepared.upstream.kind == services.SIMULATED:
             return await self._simulated(prepared, send)
         if prepared.stream:
@@ -131,8 +145,7 @@ class Gateway:
         url, headers, timeout = self._request(prepared)
         action_id = prepared.action.pk
         try:
-            async with httpx.AsyncClient(timeout=timeout) as client:
-                response = await client.post(url, content=prepared.payload, headers=headers)
+            response = await self._client().post(url, content=prepared.payload, headers=headers, timeout=timeout)
         except httpx.HTTPError as error:
             # Never sent (no connection): nothing was used. Sent and the answer lost (a read timeout, a dropped
             # connection): the upstream may have done the work and bill it: charge what was reserved.
@@ -158,27 +171,27 @@ class Gateway:
         counted = _StreamCount()
         started, held = False, b""
         try:
-            async with httpx.AsyncClient(timeout=timeout) as client:
-                async with client.stream("POST", url, content=prepared.payload, headers=headers) as response:
-                    if response.status_code >= 400:
-                        content = await response.aread()
-                        await self._thread(services.settle, action_id, succeeded=False,
-                                           usage=services.usage_of(_parsed(content)),
-                                           upstream_status=response.status_code)
-                        return await _raw(send, response.status_code, content,
-                                          content_type=response.headers.get("content-type", "application/json"),
-                                          headers=_action_header(action_id))
-                    await send({"type": "http.response.start", "status": response.status_code,
-                                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
-                                            *_action_header(action_id)]})
-                    started = True
-                    # One chunk behind: the last one (with [DONE]) goes out only after the Action is settled, so
-                    # a client that has the whole answer finds its cost recorded.
-                    async for chunk in response.aiter_raw():
-                        counted.feed(chunk)
-                        if held:
-                            await send({"type": "http.response.body", "body": held, "more_body": True})
-                        held = chunk
+            async with self._client().stream("POST", url, content=prepared.payload, headers=headers,
+                                             timeout=timeout) as response:
+                if response.status_code >= 400:
+                    content = await response.aread()
+                    await self._thread(services.settle, action_id, succeeded=False,
+                                       usage=services.usage_of(_parsed(content)),
+                                       upstream_status=response.status_code)
+                    return await _raw(send, response.status_code, content,
+                                      content_type=response.headers.get("content-type", "application/json"),
+                                      headers=_action_header(action_id))
+                await send({"type": "http.response.start", "status": response.status_code,
+                            "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                                        *_action_header(action_id)]})
+                started = True
+                # One chunk behind: the last one (with [DONE]) goes out only after the Action is settled, so
+                # a client that has the whole answer finds its cost recorded.
+                async for chunk in response.aiter_raw():
+                    counted.feed(chunk)
+                    if held:
+                        await send({"type": "http.response.body", "body": held, "more_body": True})
+                    held = chunk
         except asyncio.CancelledError:
             # The server is shutting down under this stream: what was streamed is still charged.
             await asyncio.shield(self._thread(services.settle, action_id, succeeded=False,

@@ -51,6 +51,7 @@ class Prepared:
     stream: bool = False
     payload: bytes = b""  # body, encoded: the bytes whose digest the gate judged
     kind: str = "chat"  # or "embeddings"
+    claimed: bool = False  # its GatewayCall is written: this request forwards it
 
 
 def authenticate(header: str) -> Caller:
@@ -264,6 +265,16 @@ def claim(prepared: Prepared) -> None:
         raise GatewayError(409, "warden_action_closed", "This call's action was already forwarded; ask anew with "
                                                         "another Idempotency-Key.",
                            action_id=str(prepared.action.pk)) from None
+
+
+def admit(header: str, raw: bytes, idempotency_key: str | None, *, embeddings: bool = False) -> Prepared:
+    """Who is calling, what the gate says, and (when allowed) the claim to forward: one hop onto a thread."""
+    caller = authenticate(header)
+    prepared = (prepare_embeddings if embeddings else prepare_chat)(caller, raw, idempotency_key)
+    if verdict(prepared.action) is None:
+        claim(prepared)
+        prepared.claimed = True
+    return prepared
 
 
 def _no_constant(name: str):
