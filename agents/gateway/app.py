@@ -82,13 +82,17 @@ class Gateway:
             raise GatewayError(404, "not_found", f"Warden's gateway does not serve {path}.")
         if method != routes[path]:
             raise GatewayError(405, "method_not_allowed", f"{path} takes {routes[path]}.")
+        peer = scope.get("client") or ("", 0)
+        meta = {"REMOTE_ADDR": peer[0], **({"HTTP_X_FORWARDED_FOR": headers["x-forwarded-for"]}
+                                           if "x-forwarded-for" in headers else {})}
         if path == "/v1/models":
-            caller = await self._thread(services.authenticate, headers.get("authorization", ""))
+            caller = await self._thread(services.authenticate, headers.get("authorization", ""), meta)
             return await _json(send, 200, await self._thread(services.models_for, caller))
         body = await _read_body(receive, settings.WARDEN_GATEWAY_MAX_BODY)
         # One hop onto a thread: the caller, the gate's decision and, when allowed, the claim to forward it.
         prepared = await self._thread(services.admit, headers.get("authorization", ""), body,
-                                      headers.get("idempotency-key"), embeddings=path == "/v1/embeddings")
+                                      headers.get("idempotency-key"), embeddings=path == "/v1/embeddings",
+                                      meta=meta)
         if not prepared.claimed:
             action = prepared.action
             if action.outcome == "pending_approval":

@@ -54,13 +54,27 @@ class Prepared:
     claimed: bool = False  # its GatewayCall is written: this request forwards it
 
 
-def authenticate(header: str) -> Caller:
+def authenticate(header: str, meta: dict | None = None) -> Caller:
+    """The agent behind the key. Bad keys count against the caller's address as on the REST API: past the rate,
+    429 (and 503 when the counter cannot be reached: fail closed)."""
+    from types import SimpleNamespace
+
     from governance.api.authentication import resolve_bearer
+    from governance.api.throttles import BadCredentials, LimitsUnavailable
     from governance.models import ApiToken
 
     scheme, _, secret = (header or "").partition(" ")
     resolved = resolve_bearer(secret.strip()) if scheme.lower() == "bearer" and secret.strip() else None
     if resolved is None or isinstance(resolved[1], ApiToken):
+        failures = BadCredentials()
+        try:
+            within = failures.count(SimpleNamespace(META=meta or {}))
+        except LimitsUnavailable:
+            raise GatewayError(503, "limits_unavailable", "Rate limits cannot be checked right now; try again "
+                                                          "shortly.") from None
+        if not within:
+            raise GatewayError(429, "rate_limit_exceeded", "Too many bad API keys from this address; wait "
+                                                           f"{failures.retry_after} s.")
         raise GatewayError(401, "invalid_api_key", "Use an agent key of Warden as the API key.")
     principal, key = resolved
     return Caller(agent=principal.agent, key=key)
@@ -267,9 +281,10 @@ def claim(prepared: Prepared) -> None:
                            action_id=str(prepared.action.pk)) from None
 
 
-def admit(header: str, raw: bytes, idempotency_key: str | None, *, embeddings: bool = False) -> Prepared:
+def admit(header: str, raw: bytes, idempotency_key: str | None, *, embeddings: bool = False,
+          meta: dict | None = None) -> Prepared:
     """Who is calling, what the gate says, and (when allowed) the claim to forward: one hop onto a thread."""
-    caller = authenticate(header)
+    caller = authenticate(header, meta)
     prepared = (prepare_embeddings if embeddings else prepare_chat)(caller, raw, idempotency_key)
     if verdict(prepared.action) is None:
         claim(prepared)

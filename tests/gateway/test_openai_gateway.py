@@ -329,3 +329,19 @@ def test_embeddings_go_through_the_gate_and_are_charged_the_upstreams_count(gate
     with pytest.raises(openai.BadRequestError):
         gateway.embeddings.create(model="gpt-4o-mini", input=[])
     assert len(upstream.calls) == 1
+
+
+def test_bad_keys_are_throttled_per_address_as_on_the_rest_api(gateway, upstream, monkeypatch):
+    from governance.api.throttles import _Counted
+
+    start = (time.time() // 60) * 60 + 1  # one fixed window, whatever the clock does meanwhile
+    monkeypatch.setattr(_Counted, "timer", lambda self: start)
+    stranger = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="wdn_agent_AAAAAAAA_" + "B" * 40, max_retries=0)
+    for _ in range(20):
+        with pytest.raises(openai.AuthenticationError):
+            stranger.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    with pytest.raises(openai.RateLimitError) as raised:
+        stranger.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert raised.value.body["type"] == "rate_limit_exceeded"
+    assert gateway.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices  # a good key still works
+    assert len(upstream.calls) == 1
