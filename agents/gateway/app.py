@@ -18,6 +18,7 @@ when the upstream gives none or the stream breaks.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import math
@@ -29,8 +30,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
+from governance.context import clean_correlation_id, correlation_scope, new_correlation_id
+
 from . import services
 from .services import GatewayError
+
+_CORRELATION: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_correlation")
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +70,13 @@ class Gateway:
             await _json(send, 500, GatewayError(500, "internal_error", "Warden could not handle this call.").body())
 
     async def _thread(self, function, *args, **kwargs):
+        correlation = _CORRELATION.get(None)
+
         def run():
             close_old_connections()
             try:
-                return function(*args, **kwargs)
+                with correlation_scope(correlation):  # the request's id on every event it writes
+                    return function(*args, **kwargs)
             finally:
                 close_old_connections()
 
@@ -76,6 +84,9 @@ class Gateway:
 
     async def _handle(self, scope, receive, send):
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        # A correlation id per call, as the middleware gives every other request (a valid X-Request-ID is kept):
+        # the decision, the completion and any approval are one trace in the audit timeline.
+        _CORRELATION.set(clean_correlation_id(headers.get("x-request-id")) or new_correlation_id())
         path, method = scope["path"], scope["method"]
         routes = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/embeddings": "POST"}
         if path not in routes:
@@ -287,7 +298,9 @@ def _parsed(raw: bytes):
 
 
 def _action_header(action_id) -> list[tuple[bytes, bytes]]:
-    return [(b"x-warden-action-id", str(action_id).encode())] if action_id else []
+    headers = [(b"x-warden-action-id", str(action_id).encode())] if action_id else []
+    correlation = _CORRELATION.get(None)
+    return headers + ([(b"x-request-id", correlation.encode())] if correlation else [])
 
 
 async def _read_body(receive, limit: int) -> bytes:

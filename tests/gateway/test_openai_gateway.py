@@ -345,3 +345,15 @@ def test_bad_keys_are_throttled_per_address_as_on_the_rest_api(gateway, upstream
     assert raised.value.body["type"] == "rate_limit_exceeded"
     assert gateway.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices  # a good key still works
     assert len(upstream.calls) == 1
+
+
+def test_a_calls_decision_and_completion_are_one_trace_under_the_callers_request_id(gateway, upstream):
+    from audit.models import AuditEvent
+
+    raw = gateway.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO, max_tokens=20,
+                                                            extra_headers={"X-Request-ID": "onboarding-0042"})
+    assert raw.headers["x-request-id"] == "onboarding-0042"
+    action = Action.objects.get(pk=raw.headers["x-warden-action-id"])
+    assert action.correlation_id == "onboarding-0042"
+    assert list(AuditEvent.objects.filter(correlation_id="onboarding-0042").values_list("action", flat=True)) == [
+        "gate.llm.call", "gate.complete"]
