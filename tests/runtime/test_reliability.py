@@ -143,10 +143,11 @@ def test_killing_workers_mid_run_loses_nothing_and_repeats_no_completed_step(clu
     assert {action: calls[action] for action in before_pool_kill} == before_pool_kill
     assert {action: calls[action] for action in before_worker_kill} == before_worker_kill
     assert set(before_pool_kill.values()) == {1}  # nothing had been killed yet
-    repeated = [action for action, count in calls.items() if count > 1]
-    assert all(calls[action] == 2 for action in repeated)
-    assert len(repeated) <= 4  # at most the steps in flight in the processes killed (2 + 2)
-    assert sum(calls.values()) == len(runs) * STEPS + len(repeated)
+    # A step in flight when its process died ran again (at least once: the price of not losing it). Each kill
+    # interrupts at most the steps its processes had in flight (2, then 2), and one step may be hit by both.
+    extra = {action: count - 1 for action, count in calls.items() if count > 1}
+    assert all(count <= 2 for count in extra.values()) and sum(extra.values()) <= 4, extra
+    assert sum(calls.values()) == len(runs) * STEPS + sum(extra.values())
     assert_books_balance(runs)
     assert max(run.deliveries for run in AgentRun.objects.filter(pk__in=[r.pk for r in runs])) >= 2
 
