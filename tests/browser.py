@@ -74,7 +74,8 @@ def asgi_server():
     settings_dict = connections.databases["default"]
     previous = settings_dict["CONN_MAX_AGE"]
     settings_dict["CONN_MAX_AGE"] = 0  # server threads close their connections after each request
-    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=2))  # an open stream must not keep it up
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
