@@ -296,7 +296,7 @@ def _flow_now(action: Action, cleaned: dict, now) -> str | None:
     """The flow rule again at approval: what the request carries now (an agent over the API may have read
     more since it asked) against its receiver's clearance now. A person approved the flow they were shown;
     anything above it, or a flow they were not told of, is denied."""
-    from .flow import OUTBOUND, api_flow, merge, sink_clearance
+    from .flow import OUTBOUND, api_flow_of_chain, sink_clearance
     from .gate import is_runtime_action
 
     if action.action not in OUTBOUND:
@@ -304,9 +304,8 @@ def _flow_now(action: Action, cleaned: dict, now) -> str | None:
     shown = int((action.cedar_context or {}).get("data_classification", 0))
     carried = shown
     if not is_runtime_action(action):  # a run's label cannot rise while it waits; an API agent's can
-        chain = [hop["id"] for hop in action.delegation_chain or [] if hop.get("type") == "agent"]
-        carried = max(shown, merge(*(api_flow(agent_id=agent_id, now=now, declared=cleaned.get("declared_label"))
-                                     for agent_id in [action.agent_id, *chain])).classification)
+        carried = max(shown, api_flow_of_chain(agent_id=action.agent_id, chain=action.delegation_chain, now=now,
+                                               declared=cleaned.get("declared_label")).classification)
     sink, sink_name = sink_clearance(action=action.action, resource=action.resource, host=cleaned.get("host"))
     told = any(reason.startswith("data flow:") for reason in action.reasons)
     if carried > sink and (carried > shown or not told):

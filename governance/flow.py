@@ -117,3 +117,9 @@ def api_flow(*, agent_id, now: dt.datetime, declared: int | None) -> Flow:
         flows.append(Flow(declared, ({"view": "data the agent declares", "classification":
                                       Clearance(declared).label},)))
     return merge(*flows)
+
+
+def api_flow_of_chain(*, agent_id, chain, now: dt.datetime, declared: int | None) -> Flow:
+    """What an agent over the API carries, acting for others: its own reads and every agent's in its chain."""
+    agents = [agent_id, *(hop["id"] for hop in chain or [] if hop.get("type") == "agent")]
+    return merge(*(api_flow(agent_id=each, now=now, declared=declared) for each in agents))

@@ -39,7 +39,7 @@ from . import sql
 from .context import current_correlation_id
 from .exceptions import Conflict
 from .dataviews import served_classification
-from .flow import OUTBOUND, RESERVED_KEY_PREFIXES, RUNTIME_KEY_PREFIX, Flow, api_flow, merge, sink_clearance
+from .flow import OUTBOUND, RESERVED_KEY_PREFIXES, RUNTIME_KEY_PREFIX, Flow, api_flow_of_chain, sink_clearance
 from .approvals import approval_open
 from .models import Action, ActionOutcome, ActionStatus, DataView
 from .payloads import check_json, clean_usage, text_problem
@@ -416,8 +416,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
         if flow is not None:
             carried = flow
         else:  # over the API: what it read lately, and what every agent it acts for read (the chain's)
-            carried = merge(*(api_flow(agent_id=agent_id, now=now, declared=cleaned.get("declared_label"))
-                              for agent_id in [agent.pk, *(hop["id"] for hop in chain if hop.get("type") == "agent")]))
+            carried = api_flow_of_chain(agent_id=agent.pk, chain=chain, now=now, declared=cleaned.get("declared_label"))
         sink, sink_name = sink_clearance(action=action, resource=resource, host=cleaned.get("host"))
     elif action == "data.read" and target.view is not None:
         # What this reader gets (its clearance decides the masks): a flow from the view to the agent itself.

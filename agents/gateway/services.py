@@ -143,21 +143,52 @@ def _check_messages(messages) -> None:
             raise GatewayError(400, "invalid_request_error", "messages: content is a string or a list of text parts.")
 
 
-def prepare_chat(caller: Caller, raw: bytes, idempotency_key: str | None) -> Prepared:
-    """Read the request, ask the gate. Raises GatewayError for what cannot be judged."""
+def _json_object(raw: bytes, allowed: set[str]) -> dict:
     try:
         body = json.loads(raw or b"{}", parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise GatewayError(400, "invalid_request_error", "The body is not JSON.") from None
     if not isinstance(body, dict):
         raise GatewayError(400, "invalid_request_error", "The body must be a JSON object.")
-    unknown = sorted(set(body) - FORWARDED)
+    unknown = sorted(set(body) - allowed)
     if unknown:
         raise GatewayError(400, "invalid_request_error", f"Warden's gateway does not forward {', '.join(unknown)[:300]}.",
                            param=unknown[0][:100])
     model = body.get("model")
     if not isinstance(model, str) or not model or len(model) > 255 or not model.isprintable():
         raise GatewayError(400, "invalid_request_error", "model: the model's name.")
+    return body
+
+
+def _upstream(model: str) -> Upstream:
+    try:
+        return upstream_for(model)
+    except Refused as refused:
+        raise GatewayError(404, "model_not_found", refused.message) from None
+
+
+def _encoded(forwarded: dict) -> bytes:
+    try:
+        return json.dumps(forwarded, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        raise GatewayError(400, "invalid_request_error", "The body holds text or numbers that cannot be sent on "
+                                                         "(a lone surrogate, NaN).") from None
+
+
+def _ask(caller: Caller, model: str, context: dict, idempotency_key: str | None) -> Action:
+    try:
+        return request_action(agent=caller.agent, key=caller.key, action="llm.call", resource=model,
+                              context=context, idempotency_key=_idempotency(idempotency_key))
+    except ValidationError as error:
+        raise GatewayError(400, "invalid_request_error", "; ".join(error.messages)) from None
+    except Conflict as error:
+        raise GatewayError(409, "idempotency_mismatch", error.message) from None
+
+
+def prepare_chat(caller: Caller, raw: bytes, idempotency_key: str | None) -> Prepared:
+    """Read the request, ask the gate. Raises GatewayError for what cannot be judged."""
+    body = _json_object(raw, FORWARDED)
+    model = body["model"]
     _check_messages(body.get("messages"))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -172,10 +203,7 @@ def prepare_chat(caller: Caller, raw: bytes, idempotency_key: str | None) -> Pre
     if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked < 1):
         raise GatewayError(400, "invalid_request_error", f"{spelling}: a whole number of at least 1.")
     cap = min(asked or settings.WARDEN_GATEWAY_MAX_TOKENS, settings.WARDEN_GATEWAY_MAX_TOKENS_LIMIT)
-    try:
-        upstream = upstream_for(model)
-    except Refused as refused:
-        raise GatewayError(404, "model_not_found", refused.message) from None
+    upstream = _upstream(model)
     # What the upstream gets: the agent's request with Warden's cap (in the spelling it used), usage asked for.
     forwarded = {**body, "model": upstream.model or model}
     forwarded.pop("max_tokens", None)
@@ -183,22 +211,12 @@ def prepare_chat(caller: Caller, raw: bytes, idempotency_key: str | None) -> Pre
     forwarded[spelling] = cap
     if stream:
         forwarded["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    try:
-        payload = json.dumps(forwarded, allow_nan=False, ensure_ascii=False).encode("utf-8")
-    except (ValueError, UnicodeEncodeError):
-        raise GatewayError(400, "invalid_request_error", "The body holds text or numbers that cannot be sent on "
-                                                         "(a lone surrogate, NaN).") from None
+    payload = _encoded(forwarded)
     # The content is part of what is judged: the same Idempotency-Key with other content is another request.
     context = {"input_tokens": estimate_input_tokens(body), "max_output_tokens": cap, "purpose": "gateway: chat",
                "gateway": {"stream": stream, "request_sha256": hashlib.sha256(payload).hexdigest()}}
-    try:
-        action = request_action(agent=caller.agent, key=caller.key, action="llm.call", resource=model,
-                                context=context, idempotency_key=_idempotency(idempotency_key))
-    except ValidationError as error:
-        raise GatewayError(400, "invalid_request_error", "; ".join(error.messages)) from None
-    except Conflict as error:
-        raise GatewayError(409, "idempotency_mismatch", error.message) from None
-    return Prepared(action=action, upstream=upstream, body=forwarded, stream=stream, payload=payload)
+    return Prepared(action=_ask(caller, model, context, idempotency_key), upstream=upstream, body=forwarded,
+                    stream=stream, payload=payload)
 
 
 EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
@@ -206,45 +224,23 @@ EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
 
 def prepare_embeddings(caller: Caller, raw: bytes, idempotency_key: str | None) -> Prepared:
     """`POST /v1/embeddings`: an llm.call of the model that reads the input and writes no tokens."""
-    try:
-        body = json.loads(raw or b"{}", parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise GatewayError(400, "invalid_request_error", "The body is not JSON.") from None
-    if not isinstance(body, dict):
-        raise GatewayError(400, "invalid_request_error", "The body must be a JSON object.")
-    unknown = sorted(set(body) - EMBEDDING_FIELDS)
-    if unknown:
-        raise GatewayError(400, "invalid_request_error", f"Warden's gateway does not forward {', '.join(unknown)[:300]}.")
-    model, given = body.get("model"), body.get("input")
-    if not isinstance(model, str) or not model or len(model) > 255 or not model.isprintable():
-        raise GatewayError(400, "invalid_request_error", "model: the model's name.")
+    body = _json_object(raw, EMBEDDING_FIELDS)
+    model, given = body["model"], body.get("input")
     items = [given] if isinstance(given, str) else given
     if not isinstance(items, list) or not items or len(items) > 2048 or not all(
             isinstance(item, str) or (isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool)
                                                                     for t in item)) for item in items):
         raise GatewayError(400, "invalid_request_error", "input: text, or a list of 1 to 2,048 texts or token arrays.")
-    try:
-        upstream = upstream_for(model)
-    except Refused as refused:
-        raise GatewayError(404, "model_not_found", refused.message) from None
+    upstream = _upstream(model)
     forwarded = {**body, "model": upstream.model or model}
-    try:
-        payload = json.dumps(forwarded, allow_nan=False, ensure_ascii=False).encode("utf-8")
-    except (ValueError, UnicodeEncodeError):
-        raise GatewayError(400, "invalid_request_error", "The body holds text that cannot be sent on.") from None
+    payload = _encoded(forwarded)
     # A token array counts a token per element; text a token per 3 bytes.
     tokens = sum(len(item) if isinstance(item, list) else math.ceil(len(item.encode("utf-8")) / 3) + 1
                  for item in items)
     context = {"input_tokens": tokens, "max_output_tokens": 0, "purpose": "gateway: embeddings",
                "gateway": {"embeddings": True, "request_sha256": hashlib.sha256(payload).hexdigest()}}
-    try:
-        action = request_action(agent=caller.agent, key=caller.key, action="llm.call", resource=model,
-                                context=context, idempotency_key=_idempotency(idempotency_key))
-    except ValidationError as error:
-        raise GatewayError(400, "invalid_request_error", "; ".join(error.messages)) from None
-    except Conflict as error:
-        raise GatewayError(409, "idempotency_mismatch", error.message) from None
-    return Prepared(action=action, upstream=upstream, body=forwarded, payload=payload, kind="embeddings")
+    return Prepared(action=_ask(caller, model, context, idempotency_key), upstream=upstream, body=forwarded,
+                    payload=payload, kind="embeddings")
 
 
 def simulated_embeddings(prepared: Prepared) -> dict:

@@ -198,40 +198,34 @@ class GrantOutput(serializers.Serializer):
 
 
 
-class DataViewInput(serializers.Serializer):
+class DataViewShape(serializers.Serializer):
+    """What a view serves (governance/dataviews.py), the same on create and update."""
+
+    source = serializers.CharField(max_length=300, required=False, allow_blank=True,
+                                   help_text="file:<path>.jsonl|.csv under WARDEN_DATA_DIR, or table:<alias>:<table>")
+    columns = serializers.ListField(child=serializers.CharField(max_length=63), required=False, max_length=100)
+    masks = serializers.DictField(child=serializers.ChoiceField(choices=[label for _, label in Clearance.choices]),
+                                  required=False, help_text="{column: clearance needed to see it unmasked}")
+    row_rules = serializers.ListField(child=serializers.DictField(), required=False, max_length=20,
+                                      help_text='[{"below": clearance, "column": c, "in": [values]}]')
+    max_rows = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
+    base_classification = serializers.ChoiceField(
+        choices=[label for _, label in Clearance.choices], required=False, allow_null=True,
+        help_text="The classification of the columns no mask names (null: the view's).")
+
+
+class DataViewInput(DataViewShape):
     name = serializers.SlugField(max_length=100)
     classification = serializers.ChoiceField(choices=[label for _, label in Clearance.choices])
     team = serializers.SlugRelatedField(slug_field="name", queryset=Team.objects.all())
     description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
-    source = serializers.CharField(max_length=300, required=False, allow_blank=True,
-                                   help_text="file:<path>.jsonl|.csv under WARDEN_DATA_DIR, or table:<alias>:<table>")
-    columns = serializers.ListField(child=serializers.CharField(max_length=63), required=False, max_length=100)
-    masks = serializers.DictField(child=serializers.ChoiceField(choices=[label for _, label in Clearance.choices]),
-                                  required=False, help_text="{column: clearance needed to see it unmasked}")
-    row_rules = serializers.ListField(child=serializers.DictField(), required=False, max_length=20,
-                                      help_text='[{"below": clearance, "column": c, "in": [values]}]')
-    max_rows = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
-    base_classification = serializers.ChoiceField(
-        choices=[label for _, label in Clearance.choices], required=False, allow_null=True,
-        help_text="The classification of the columns no mask names (null: the view's).")
 
 
-class DataViewUpdateInput(serializers.Serializer):
+class DataViewUpdateInput(DataViewShape):
     classification = serializers.ChoiceField(choices=[label for _, label in Clearance.choices], required=False)
     team = serializers.SlugRelatedField(slug_field="name", queryset=Team.objects.all(), required=False)
     description = serializers.CharField(max_length=2000, required=False, allow_blank=True)
     active = serializers.BooleanField(required=False)
-    source = serializers.CharField(max_length=300, required=False, allow_blank=True,
-                                   help_text="file:<path>.jsonl|.csv under WARDEN_DATA_DIR, or table:<alias>:<table>")
-    columns = serializers.ListField(child=serializers.CharField(max_length=63), required=False, max_length=100)
-    masks = serializers.DictField(child=serializers.ChoiceField(choices=[label for _, label in Clearance.choices]),
-                                  required=False, help_text="{column: clearance needed to see it unmasked}")
-    row_rules = serializers.ListField(child=serializers.DictField(), required=False, max_length=20,
-                                      help_text='[{"below": clearance, "column": c, "in": [values]}]')
-    max_rows = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
-    base_classification = serializers.ChoiceField(
-        choices=[label for _, label in Clearance.choices], required=False, allow_null=True,
-        help_text="The classification of the columns no mask names (null: the view's).")
 
 
 class DataViewOutput(serializers.Serializer):
