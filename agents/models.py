@@ -298,3 +298,60 @@ class GatewayCall(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["agent", "-started_at"])]
+
+
+MCP_SERVER_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$"  # short: "server/tool" names a price (100 chars)
+MCP_TOOL_NAME = r"^[A-Za-z0-9_.-]{1,64}$"  # the MCP specification's tool names
+
+
+class McpServer(models.Model):
+    """An MCP server an admin registered. Agents reach it only through Warden's MCP gateway (`/mcp/<name>/`),
+    and only the tools registered here, each a `tool.call` on `<name>/<tool>` judged by the gate."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=32, unique=True)
+    url = models.URLField(max_length=500)
+    description = models.TextField(blank=True)
+    active = models.BooleanField(default=True)
+    timeout_seconds = models.PositiveSmallIntegerField(default=30)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.CheckConstraint(condition=models.Q(name__regex=MCP_SERVER_NAME), name="mcp_server_name"),
+                       models.CheckConstraint(condition=models.Q(timeout_seconds__gte=1, timeout_seconds__lte=600),
+                                              name="mcp_server_timeout")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class McpTool(models.Model):
+    """One tool of a registered MCP server, as Warden forwards it. Its price (billing.Price, kind tool) and how
+    sensitive data it may receive (governance.DataSink, kind tool) live under the name `<server>/<tool>`;
+    `returns` is how sensitive what it answers is (an agent that called it carries that, as after a data read)."""
+
+    server = models.ForeignKey(McpServer, on_delete=models.PROTECT, related_name="tools")
+    name = models.CharField(max_length=64)
+    description = models.TextField(blank=True)
+    input_schema = models.JSONField(default=dict)
+    returns = models.PositiveSmallIntegerField(choices=Clearance.choices, default=Clearance.PUBLIC)
+    active = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
+
+    class Meta:
+        ordering = ["server__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["server", "name"], name="mcp_tool_unique"),
+                       models.CheckConstraint(condition=models.Q(name__regex=MCP_TOOL_NAME), name="mcp_tool_name")]
+
+    def __str__(self) -> str:
+        return self.resource
+
+    @property
+    def resource(self) -> str:
+        """What the gate, prices, data sinks and an agent's allowed tools call it."""
+        return f"{self.server.name}/{self.name}"

@@ -36,6 +36,9 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "audit.view": frozenset({SECURITY}),
     "data_view.view": frozenset({ADMIN, FINANCE, SECURITY, VIEWER}),
     "data_view.manage": frozenset({ADMIN}),
+    # MCP servers behind the gateway (agents/gateway/registry.py): everyone reads; admins register them.
+    "mcp.view": frozenset({ADMIN, FINANCE, SECURITY, VIEWER}),
+    "mcp.manage": frozenset({ADMIN}),
 }
 
 

@@ -376,6 +376,9 @@ WARDEN_GATEWAY_MAX_TOKENS = envint("WARDEN_GATEWAY_MAX_TOKENS", 1024)  # the cap
 WARDEN_GATEWAY_MAX_TOKENS_LIMIT = envint("WARDEN_GATEWAY_MAX_TOKENS_LIMIT", 32_768)  # the most one call may ask
 WARDEN_GATEWAY_APPROVAL_WAIT = envint("WARDEN_GATEWAY_APPROVAL_WAIT", 30)  # seconds a call waits for a person
 WARDEN_GATEWAY_MAX_BODY = envint("WARDEN_GATEWAY_MAX_BODY", 4_000_000)  # bytes of request
+# Credentials for the MCP servers behind the gateway, never stored in the database:
+# {"<server>": {"api_key": "..."} | {"api_key_env": "VAR"} | {"api_key_file": "/path"}} (sent as a Bearer token).
+WARDEN_MCP_UPSTREAM_KEYS = envstr("WARDEN_MCP_UPSTREAM_KEYS", "{}")
 WARDEN_DEMO_TRAFFIC = envbool("WARDEN_DEMO_TRAFFIC", True)  # beat starts the demo fleet's scheduled runs
 WARDEN_READINESS_TIMEOUT = envint("WARDEN_READINESS_TIMEOUT", 2)
 
@@ -405,5 +408,8 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         "celery": {"level": LOG_LEVEL},
         "axes": {"level": "WARNING"},  # it logs every reset at INFO; lockouts are in the audit log
+        # The MCP SDK logs every message and session at INFO, httpx every request: the audit log has the calls.
+        "mcp": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
     },
 }

@@ -6,6 +6,7 @@ import datetime as dt
 
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from governance.scopes import SCOPES
@@ -246,3 +247,74 @@ class RunDetailOutput(RunOutput):
     plan = serializers.JSONField()
     result = serializers.JSONField()
     steps = RunStepOutput(many=True)
+
+
+# --- MCP servers behind the gateway ------------------------------------------------------------------
+
+CLEARANCE_LABELS = [label for _, label in Clearance.choices]
+
+
+class McpToolInput(serializers.Serializer):
+    name = serializers.CharField(max_length=64)
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    input_schema = serializers.JSONField(required=False, default=None,
+                                         help_text='The JSON Schema of its arguments ({"type": "object", ...}).')
+    price_micros = serializers.IntegerField(min_value=0, max_value=10**9, required=False, default=None,
+                                            help_text="Warden's price per call in micro-dollars (required for a new tool).")
+    clearance = serializers.ChoiceField(choices=CLEARANCE_LABELS, required=False, default=None,
+                                        help_text="The most sensitive data it may be sent (default: internal).")
+    returns = serializers.ChoiceField(choices=CLEARANCE_LABELS, required=False, default="public",
+                                      help_text="How sensitive what it returns is: a caller carries that afterwards.")
+    active = serializers.BooleanField(required=False, default=True)
+
+
+class McpServerInput(serializers.Serializer):
+    name = serializers.RegexField(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$", max_length=32)
+    url = serializers.CharField(max_length=500, help_text="The server's Streamable HTTP endpoint.")
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    timeout_seconds = serializers.IntegerField(min_value=1, max_value=600, required=False, default=30)
+    tools = McpToolInput(many=True, required=False, default=list, max_length=200)
+
+
+class McpServerUpdateInput(serializers.Serializer):
+    url = serializers.CharField(max_length=500, required=False)
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    active = serializers.BooleanField(required=False)
+    timeout_seconds = serializers.IntegerField(min_value=1, max_value=600, required=False)
+    tools = McpToolInput(many=True, required=False, max_length=200,
+                         help_text="Tools to register or change (by name); tools not named are left as they are.")
+
+
+class McpToolOutput(serializers.Serializer):
+    name = serializers.CharField(source="tool.name")
+    resource = serializers.CharField(help_text="What the gate, prices and an agent's allowed tools call it.")
+    description = serializers.CharField(source="tool.description")
+    input_schema = serializers.JSONField(source="tool.input_schema")
+    price_micros = serializers.IntegerField(allow_null=True)
+    clearance = serializers.SerializerMethodField()
+    returns = serializers.CharField(source="tool.get_returns_display")
+    active = serializers.BooleanField(source="tool.active")
+
+    def get_clearance(self, view) -> str:
+        return Clearance(view.clearance).label
+
+
+class McpServerOutput(serializers.Serializer):
+    name = serializers.CharField()
+    url = serializers.CharField()
+    gateway_path = serializers.SerializerMethodField(help_text="Where agents point their MCP client (with their key).")
+    description = serializers.CharField()
+    active = serializers.BooleanField()
+    timeout_seconds = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    tools = serializers.SerializerMethodField()
+
+    def get_gateway_path(self, server) -> str:
+        return f"/mcp/{server.name}/"
+
+    @extend_schema_field(McpToolOutput(many=True))
+    def get_tools(self, server) -> list:
+        from ..gateway.registry import tool_views
+
+        return McpToolOutput(tool_views(server), many=True).data

@@ -18,6 +18,8 @@ urlpatterns = [
     path("runs/", views.RunListView.as_view(), name="api-runs"),
     path("runs/<uuid:run_id>/", views.RunDetailView.as_view(), name="api-run"),
     path("runs/<uuid:run_id>/cancel/", views.RunCancelView.as_view(), name="api-run-cancel"),
+    path("mcp-servers/", views.McpServerListView.as_view(), name="api-mcp-servers"),
+    path("mcp-servers/<str:name>/", views.McpServerDetailView.as_view(), name="api-mcp-server"),
     path("delegations/", views.AgentDelegateView.as_view(), name="api-delegations"),
     path("delegations/<uuid:delegation_id>/revoke/", views.DelegationRevokeView.as_view(), name="api-delegation-revoke"),
 ]

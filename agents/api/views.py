@@ -282,3 +282,49 @@ class RunCancelView(CapabilityView):
         data = valid(s.RunCancelInput, request.data or {})
         run_cancel(run=run, by=request.user, reason=data["reason"])
         return Response(_run_detail(run_get(user=request.user, run_id=run_id)))
+
+
+# --- MCP servers behind the gateway ------------------------------------------------------------------
+
+
+class McpServerListView(CapabilityView):
+    capabilities = {"GET": "mcp.view", "POST": "mcp.manage"}
+
+    @extend_schema(responses=s.McpServerOutput(many=True))
+    def get(self, request):
+        from ..gateway.registry import mcp_server_list
+
+        paginator = Pagination()
+        page = paginator.paginate_queryset(mcp_server_list(), request, view=self)
+        return paginator.get_paginated_response(s.McpServerOutput(page, many=True).data)
+
+    @extend_schema(request=s.McpServerInput, responses={201: s.McpServerOutput})
+    def post(self, request):
+        from ..gateway.registry import mcp_server_register
+
+        server = mcp_server_register(by=request.user, **valid(s.McpServerInput, request.data))
+        return Response(s.McpServerOutput(server).data, status=status.HTTP_201_CREATED)
+
+
+class McpServerDetailView(CapabilityView):
+    capabilities = {"GET": "mcp.view", "PATCH": "mcp.manage"}
+
+    @extend_schema(responses=s.McpServerOutput)
+    def get(self, request, name):
+        from ..gateway.registry import mcp_server_get
+
+        return Response(s.McpServerOutput(mcp_server_get(name=name)).data)
+
+    @extend_schema(request=s.McpServerUpdateInput, responses=s.McpServerOutput)
+    def patch(self, request, name):
+        from django.db import transaction
+
+        from ..gateway.registry import mcp_server_get, mcp_server_update, mcp_tool_set
+
+        data = valid(s.McpServerUpdateInput, request.data)
+        tools = data.pop("tools", [])
+        with transaction.atomic():  # all of it or none of it
+            server = mcp_server_update(server=mcp_server_get(name=name), by=request.user, **data)
+            for tool in tools:
+                mcp_tool_set(server=server, by=request.user, **tool)
+        return Response(s.McpServerOutput(mcp_server_get(name=name)).data)

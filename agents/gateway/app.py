@@ -33,6 +33,8 @@ from django.db import close_old_connections
 from governance.context import clean_correlation_id, correlation_scope, new_correlation_id
 
 from . import services
+from .mcp_app import PREFIX as MCP_PREFIX
+from .mcp_app import McpFront
 from .services import GatewayError
 
 _CORRELATION: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_correlation")
@@ -47,6 +49,7 @@ class Gateway:
         self.app = app
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warden-gateway")
         self._clients = weakref.WeakKeyDictionary()  # event loop -> its client
+        self.mcp = McpFront(self)
 
     def _client(self) -> httpx.AsyncClient:
         """One HTTP client per event loop, kept: making one loads the CA bundle (tens of milliseconds) and
@@ -59,12 +62,14 @@ class Gateway:
         return client
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope.get("path", "").startswith(PREFIX):
+        if scope["type"] != "http" or not scope.get("path", "").startswith((PREFIX, MCP_PREFIX)):
             return await self.app(scope, receive, send)
         try:
             await self._handle(scope, receive, send)
         except GatewayError as error:
-            await _json(send, error.status, error.body(), headers=_action_header(error.extra.get("action_id")))
+            challenge = [(b"www-authenticate", b'Bearer realm="warden"')] if error.status == 401 else []
+            await _json(send, error.status, error.body(),
+                        headers=[*_action_header(error.extra.get("action_id")), *challenge])
         except Exception:  # never a bare 500 page: the client gets the protocol's error shape
             logger.exception("gateway request failed")
             await _json(send, 500, GatewayError(500, "internal_error", "Warden could not handle this call.").body())
@@ -88,14 +93,16 @@ class Gateway:
         # the decision, the completion and any approval are one trace in the audit timeline.
         _CORRELATION.set(clean_correlation_id(headers.get("x-request-id")) or new_correlation_id())
         path, method = scope["path"], scope["method"]
+        peer = scope.get("client") or ("", 0)
+        meta = {"REMOTE_ADDR": peer[0], **({"HTTP_X_FORWARDED_FOR": headers["x-forwarded-for"]}
+                                           if "x-forwarded-for" in headers else {})}
+        if path.startswith(MCP_PREFIX):
+            return await self.mcp(scope, receive, send, headers, meta)
         routes = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/embeddings": "POST"}
         if path not in routes:
             raise GatewayError(404, "not_found", f"Warden's gateway does not serve {path}.")
         if method != routes[path]:
             raise GatewayError(405, "method_not_allowed", f"{path} takes {routes[path]}.")
-        peer = scope.get("client") or ("", 0)
-        meta = {"REMOTE_ADDR": peer[0], **({"HTTP_X_FORWARDED_FOR": headers["x-forwarded-for"]}
-                                           if "x-forwarded-for" in headers else {})}
         if path == "/v1/models":
             caller = await self._thread(services.authenticate, headers.get("authorization", ""), meta)
             return await _json(send, 200, await self._thread(services.models_for, caller))

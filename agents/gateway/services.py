@@ -175,10 +175,11 @@ def _encoded(forwarded: dict) -> bytes:
                                                          "(a lone surrogate, NaN).") from None
 
 
-def _ask(caller: Caller, model: str, context: dict, idempotency_key: str | None) -> Action:
+def ask(caller: Caller, resource: str, context: dict, key: str, *, action: str = "llm.call") -> Action:
+    """The gate's judgement of one gateway call (`key`: the Action's idempotency key, under the gateway's prefix)."""
     try:
-        return request_action(agent=caller.agent, key=caller.key, action="llm.call", resource=model,
-                              context=context, idempotency_key=_idempotency(idempotency_key))
+        return request_action(agent=caller.agent, key=caller.key, action=action, resource=resource,
+                              context=context, idempotency_key=key)
     except ValidationError as error:
         raise GatewayError(400, "invalid_request_error", "; ".join(error.messages)) from None
     except Conflict as error:
@@ -215,7 +216,7 @@ def prepare_chat(caller: Caller, raw: bytes, idempotency_key: str | None) -> Pre
     # The content is part of what is judged: the same Idempotency-Key with other content is another request.
     context = {"input_tokens": estimate_input_tokens(body), "max_output_tokens": cap, "purpose": "gateway: chat",
                "gateway": {"stream": stream, "request_sha256": hashlib.sha256(payload).hexdigest()}}
-    return Prepared(action=_ask(caller, model, context, idempotency_key), upstream=upstream, body=forwarded,
+    return Prepared(action=ask(caller, model, context, _idempotency(idempotency_key)), upstream=upstream, body=forwarded,
                     stream=stream, payload=payload)
 
 
@@ -239,7 +240,7 @@ def prepare_embeddings(caller: Caller, raw: bytes, idempotency_key: str | None) 
                  for item in items)
     context = {"input_tokens": tokens, "max_output_tokens": 0, "purpose": "gateway: embeddings",
                "gateway": {"embeddings": True, "request_sha256": hashlib.sha256(payload).hexdigest()}}
-    return Prepared(action=_ask(caller, model, context, idempotency_key), upstream=upstream, body=forwarded,
+    return Prepared(action=ask(caller, model, context, _idempotency(idempotency_key)), upstream=upstream, body=forwarded,
                     payload=payload, kind="embeddings")
 
 
@@ -261,6 +262,10 @@ def simulated_embeddings(prepared: Prepared) -> dict:
 
 
 def claim(prepared: Prepared) -> None:
+    claim_action(prepared.action, prepared.body["model"], stream=prepared.stream)
+
+
+def claim_action(action: Action, name: str, *, stream: bool = False) -> None:
     """An allowed Action goes upstream once: a second request with the same key (even at the same moment) is
     refused, not forwarded again."""
     from django.db import IntegrityError, transaction
@@ -269,12 +274,10 @@ def claim(prepared: Prepared) -> None:
 
     try:
         with transaction.atomic():
-            GatewayCall.objects.create(action_id=prepared.action.pk, agent_id=prepared.action.agent_id,
-                                       model=prepared.body["model"][:255], stream=prepared.stream)
+            GatewayCall.objects.create(action_id=action.pk, agent_id=action.agent_id, model=name[:255], stream=stream)
     except IntegrityError:
         raise GatewayError(409, "warden_action_closed", "This call's action was already forwarded; ask anew with "
-                                                        "another Idempotency-Key.",
-                           action_id=str(prepared.action.pk)) from None
+                                                        "another Idempotency-Key.", action_id=str(action.pk)) from None
 
 
 def admit(header: str, raw: bytes, idempotency_key: str | None, *, embeddings: bool = False,
