@@ -11,8 +11,10 @@ Where the label comes from is never the caller's word:
 
 - Warden's runtime passes the run's label (agents/runtime: it rises with every step that returns data,
   and a child run starts with its parent's);
-- an agent over the REST API carries what it read through Warden (allowed `data.read` actions) within
-  WARDEN_FLOW_WINDOW_HOURS; a `context.data_classification` it declares may raise that, never lower it.
+- an agent over the REST API or the gateway carries what it read through Warden (allowed `data.read`
+  actions) and what the tools it called answered (tools registered as returning sensitive data,
+  agents.McpTool.returns) within WARDEN_FLOW_WINDOW_HOURS; a `context.data_classification` it declares
+  may raise that, never lower it.
 """
 
 from __future__ import annotations
@@ -113,10 +115,36 @@ def api_flow(*, agent_id, now: dt.datetime, declared: int | None) -> Flow:
                   ({"view": resource, "classification": Clearance(context.get("data_classification", 0)).label,
                     "action": str(pk)},))
              for pk, resource, context in reads]
+    flows += _tool_answers(agent_id=agent_id, since=since, asked_since=asked_since)
     if declared is not None:
         flows.append(Flow(declared, ({"view": "data the agent declares", "classification":
                                       Clearance(declared).label},)))
     return merge(*flows)
+
+
+def _tool_answers(*, agent_id, since: dt.datetime, asked_since: dt.datetime) -> list[Flow]:
+    """Calls of tools registered as returning sensitive data (agents.McpTool.returns), allowed within the window
+    and not failed: what they answered is data the agent now holds, as after a read."""
+    from agents.models import McpTool
+    from django.db.models.functions import Coalesce
+
+    from .models import Action, ActionOutcome, ActionStatus
+
+    returning = {f"{server}/{name}": level for server, name, level in
+                 McpTool.objects.filter(returns__gt=Clearance.PUBLIC).values_list("server__name", "name", "returns")}
+    if not returning:
+        return []
+    calls = (Action.objects.filter(agent_id=agent_id, action="tool.call", outcome=ActionOutcome.ALLOWED,
+                                   resource__in=list(returning), created_at__gte=asked_since)
+             .exclude(status__in=[ActionStatus.FAILED, ActionStatus.CANCELLED, ActionStatus.EXPIRED])
+             .annotate(at=Coalesce("completed_at", "allowed_at", "created_at")).filter(at__gte=since)
+             .order_by("-at").values_list("pk", "resource")[:50])
+    flows = {}
+    for pk, resource in calls:  # the latest call of each tool names it
+        flows.setdefault(resource, Flow(returning[resource], ({"view": f"tool {resource}", "classification":
+                                                               Clearance(returning[resource]).label,
+                                                               "action": str(pk)},)))
+    return list(flows.values())
 
 
 def api_flow_of_chain(*, agent_id, chain, now: dt.datetime, declared: int | None) -> Flow:

@@ -278,3 +278,22 @@ def test_registration_over_the_api_is_for_admins_and_audited(api_for, upstream):
         answer = api_for("admin").post("/api/v1/mcp-servers/", body, format="json")
         assert answer.status_code == 400, body
     assert list(api_for("admin").get("/api/v1/mcp-servers/").json()["results"][i]["name"] for i in range(1)) == ["crm"]
+
+
+def test_what_a_tool_returns_is_carried_afterwards_and_may_not_go_where_it_is_not_cleared(mcp, upstream, make_agent):
+    from agents.services import agent_key_issue
+
+    welcome = {"email": "ada@example.com", "text": "Welcome, Ada!"}
+    assert not mcp(lambda session: session.call_tool("send_welcome", welcome)).isError  # nothing sensitive held yet
+    assert not mcp(lambda session: session.call_tool("lookup_customer", {"customer_id": "c-42"})).isError
+    leak = mcp(lambda session: session.call_tool("send_welcome", welcome))
+    error = error_of(leak)
+    assert error["type"] == "warden_denied"
+    (reason,) = error["reasons"]
+    assert reason.startswith("data flow: tool crm/send_welcome is cleared for internal data; this request derived "
+                             "from tool crm/lookup_customer (confidential)")
+    assert [call["tool"] for call in upstream.calls] == ["send_welcome", "lookup_customer"]
+    # Another agent that never called the lookup is not tainted by it.
+    other = make_agent("clean-bot", allowed_tools=ALLOWED)
+    _, secret = agent_key_issue(agent=other, by=other.owner)
+    assert not mcp(lambda session: session.call_tool("send_welcome", welcome), key=secret).isError
