@@ -6,6 +6,7 @@ SECTIONS = (
     ("Runs", "runs:list", "run.view"),
     ("Policies", "governance:policies", "policy.view"),
     ("Data views", "governance:data-views", "data_view.view"),
+    ("MCP servers", "mcp:servers", "mcp.view"),
     ("Approvals", "governance:approvals", "approval.view"),
     ("Budgets", "billing:budgets", "budget.view"),
     ("Audit", "audit:timeline", "audit.view"),

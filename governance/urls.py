@@ -37,6 +37,7 @@ urlpatterns = [
     path("", include((section_patterns, "governance"))),
     path("agents/", include("agents.urls")),
     path("runs/", include("agents.run_urls")),
+    path("mcp-servers/", include("agents.gateway.urls")),
     path("budgets/", include("billing.urls")),
     path("audit/", include("audit.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -196,6 +196,10 @@ class ToolView:
     def resource(self) -> str:
         return self.tool.resource
 
+    @property
+    def clearance_label(self) -> str:
+        return Clearance(self.clearance).label
+
 
 def tool_views(server: McpServer, tools=None) -> list[ToolView]:
     from billing.models import Price, PriceKind
@@ -238,3 +242,43 @@ def upstream_headers(server_name: str) -> dict[str, str]:
     spec = keys.get(server_name) if isinstance(keys, dict) else None
     secret = _key(spec) if isinstance(spec, dict) else ""
     return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+
+def discover_tools(server: McpServer) -> list[dict]:
+    """What the server itself offers now (its `tools/list`, asked with the SDK's client and the deployment's
+    credential): for an admin to choose what to register. Nothing here is trusted or stored as it is."""
+    from asgiref.sync import async_to_sync
+
+    try:
+        return async_to_sync(_discover)(server.url, upstream_headers(server.name), server.timeout_seconds)
+    except Exception as error:  # whatever the server did, the admin gets a sentence
+        from .mcp_app import _find
+
+        timeout = _find(error, TimeoutError) is not None
+        raise ValidationError(f"{server.name} did not answer in time ({server.timeout_seconds} s)." if timeout else
+                              f"{server.name} could not be asked for its tools at {server.url} "
+                              f"({type(error).__name__}).") from None
+
+
+async def _discover(url: str, headers: dict, timeout: int) -> list[dict]:
+    import asyncio
+
+    import httpx
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with httpx.AsyncClient(headers=headers, timeout=timeout, follow_redirects=False) as http:
+        async with streamable_http_client(url, http_client=http) as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await asyncio.wait_for(session.initialize(), timeout=timeout)
+                listed = await asyncio.wait_for(session.list_tools(), timeout=timeout)
+    return [{"name": tool.name[:64], "description": (tool.description or "")[:2000], "input_schema": tool.inputSchema}
+            for tool in listed.tools[:MAX_TOOLS]]
+
+
+def recent_calls(server: McpServer, limit: int = 20):
+    """The latest tool calls judged for this server's tools (whatever the transport), newest first."""
+    from governance.models import Action
+
+    return (Action.objects.filter(action="tool.call", resource__startswith=f"{server.name}/")
+            .select_related("agent").order_by("-created_at")[:limit])

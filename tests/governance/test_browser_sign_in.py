@@ -6,10 +6,10 @@ from tests.conftest import PASSWORD
 pytestmark = pytest.mark.browser
 
 NAV = {
-    "admin": ["Agents", "Runs", "Policies", "Data views", "Approvals", "Budgets"],
-    "finance": ["Agents", "Runs", "Data views", "Approvals", "Budgets"],
-    "security": ["Agents", "Runs", "Policies", "Data views", "Approvals", "Audit"],
-    "viewer": ["Agents", "Runs", "Policies", "Data views", "Budgets"],
+    "admin": ["Agents", "Runs", "Policies", "Data views", "MCP servers", "Approvals", "Budgets"],
+    "finance": ["Agents", "Runs", "Data views", "MCP servers", "Approvals", "Budgets"],
+    "security": ["Agents", "Runs", "Policies", "Data views", "MCP servers", "Approvals", "Audit"],
+    "viewer": ["Agents", "Runs", "Policies", "Data views", "MCP servers", "Budgets"],
 }
 
 
