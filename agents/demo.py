@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
@@ -86,6 +87,30 @@ FLEET = [
     ("welcome-writer", "onboarding", ["researcher"], "Drafts welcome notes; posts them to the partner agency's CRM.",
      ["local-llm", "gpt-4o-mini"], ["partner-crm"], Clearance.CONFIDENTIAL, f"{PROGRAMS}.welcome_writer"),
 ]
+# The demo's CRM as an MCP server (agents/gateway/demo_mcp.py), registered as "crm" when WARDEN_DEMO_MCP_URL is
+# set: (tool, $ per call in micro-dollars, may be sent, returns, description).
+DEMO_MCP_TOOLS = [
+    ("lookup_customer", 1_000, Clearance.CONFIDENTIAL, Clearance.CONFIDENTIAL,
+     {"type": "object", "properties": {"customer_id": {"type": "string", "pattern": "^c-[0-9]+$"}},
+      "required": ["customer_id"], "additionalProperties": False}),
+    ("add_note", 2_000, Clearance.CONFIDENTIAL, Clearance.PUBLIC,
+     {"type": "object", "properties": {"customer_id": {"type": "string", "pattern": "^c-[0-9]+$"},
+                                       "note": {"type": "string", "maxLength": 2000}},
+      "required": ["customer_id", "note"], "additionalProperties": False}),
+    ("export_customers", 50_000, Clearance.CONFIDENTIAL, Clearance.CONFIDENTIAL,
+     {"type": "object", "properties": {}, "additionalProperties": False}),
+]
+# An agent that runs elsewhere and reaches the CRM through the MCP gateway (and models through the OpenAI one).
+DEMO_MCP_AGENT = ("crm-assistant", "support", ["integrator"], "Answers account questions from the CRM; runs "
+                  "outside Warden and reaches the CRM through Warden's MCP gateway.",
+                  ["gpt-4o-mini"], ["crm/lookup_customer", "crm/add_note", "crm/export_customers"],
+                  Clearance.CONFIDENTIAL, "")
+DEMO_MCP_POLICIES = [
+    ("crm-notes-need-security", "Notes written into customer records are approved by security.",
+     '@escalate("security")\nforbid(principal, action == Action::"tool.call", resource == Tool::"crm/add_note");'),
+    ("no-bulk-exports", "No agent exports the whole customer base.",
+     'forbid(principal, action == Action::"tool.call", resource == Tool::"crm/export_customers");'),
+]
 # A small agent budget: the invoice reader runs out of money in its first runs (a run stopped by a budget).
 AGENT_BUDGETS = [("invoice-reader", 50_000, "deny")]
 # Policies of the demo besides the starter templates.
@@ -107,6 +132,29 @@ SCHEDULES = [
 
 
 @transaction.atomic
+def _demo_mcp(owner) -> list[str]:
+    """The demo CRM behind the MCP gateway: the server, its priced tools, an agent and two policies."""
+    from .gateway.registry import mcp_server_register
+    from .models import McpServer
+
+    created = []
+    if not McpServer.objects.filter(name="crm").exists():
+        mcp_server_register(by=owner, name="crm", url=settings.WARDEN_DEMO_MCP_URL, timeout_seconds=10,
+                            description="The company's customer records (the demo's CRM, an MCP server).",
+                            tools=[{"name": name, "price_micros": price, "clearance": clearance, "returns": returns,
+                                    "input_schema": schema} for name, price, clearance, returns, schema in DEMO_MCP_TOOLS])
+    for name, description, body in DEMO_MCP_POLICIES:
+        if not Policy.objects.filter(name=name).exists():
+            policy_create(name=name, body=body, description=description, by=owner, reason="demo policy")
+    name, team, roles, description, models, tools, clearance, program = DEMO_MCP_AGENT
+    if not Agent.objects.filter(name=name).exists():
+        services.agent_register(name=name, owner=owner, team=Team.objects.get(name=team), by=owner, roles=roles,
+                                description=description, allowed_models=models, allowed_tools=tools,
+                                clearance=clearance, program=program)
+        created.append(name)
+    return created
+
+
 def demo_fleet_ensure(*, owner_username: str = "admin") -> list[str]:
     owner = get_user_model().objects.get(username=owner_username)
     for name, display in TEAMS.items():
@@ -172,6 +220,8 @@ def demo_fleet_ensure(*, owner_username: str = "admin") -> list[str]:
         agent = Agent.objects.get(name=agent_name)
         if not Budget.objects.filter(scope="agent", agent=agent).exists():
             budget_create(scope="agent", agent=agent, monthly_limit_micros=limit, on_exceed=on_exceed, by=owner)
+    if settings.WARDEN_DEMO_MCP_URL:
+        created += _demo_mcp(owner)
     from .models import RunSchedule
     from .runtime.services import schedule_create
 

@@ -136,15 +136,14 @@ def _tool_answers(*, agent_id, since: dt.datetime, asked_since: dt.datetime) -> 
         return []
     calls = (Action.objects.filter(agent_id=agent_id, action="tool.call", outcome=ActionOutcome.ALLOWED,
                                    resource__in=list(returning), created_at__gte=asked_since)
-             .exclude(status__in=[ActionStatus.FAILED, ActionStatus.CANCELLED, ActionStatus.EXPIRED])
+             .exclude(status__in=[ActionStatus.CANCELLED, ActionStatus.EXPIRED])
              .annotate(at=Coalesce("completed_at", "allowed_at", "created_at")).filter(at__gte=since)
-             .order_by("-at").values_list("pk", "resource")[:50])
-    flows = {}
-    for pk, resource in calls:  # the latest call of each tool names it
-        flows.setdefault(resource, Flow(returning[resource], ({"view": f"tool {resource}", "classification":
-                                                               Clearance(returning[resource]).label,
-                                                               "action": str(pk)},)))
-    return list(flows.values())
+             .order_by("resource", "-at").distinct("resource").values_list("pk", "resource"))
+    # The latest call of each such tool (however many calls of others came after): a failed call counts too,
+    # since a tool's error answer reached the agent as well.
+    return [Flow(returning[resource], ({"view": f"tool {resource}", "classification":
+                                        Clearance(returning[resource]).label, "action": str(pk)},))
+            for pk, resource in calls]
 
 
 def api_flow_of_chain(*, agent_id, chain, now: dt.datetime, declared: int | None) -> Flow:

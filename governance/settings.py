@@ -379,6 +379,9 @@ WARDEN_GATEWAY_MAX_BODY = envint("WARDEN_GATEWAY_MAX_BODY", 4_000_000)  # bytes 
 # Credentials for the MCP servers behind the gateway, never stored in the database:
 # {"<server>": {"api_key": "..."} | {"api_key_env": "VAR"} | {"api_key_file": "/path"}} (sent as a Bearer token).
 WARDEN_MCP_UPSTREAM_KEYS = envstr("WARDEN_MCP_UPSTREAM_KEYS", "{}")
+# The demo's CRM MCP server (agents/gateway/demo_mcp.py) at /demo/mcp/, answering only this key; unset: not served.
+WARDEN_DEMO_MCP_KEY = envstr("WARDEN_DEMO_MCP_KEY", "")
+WARDEN_DEMO_MCP_URL = envstr("WARDEN_DEMO_MCP_URL", "")  # where seed_demo registers it ("crm")
 WARDEN_DEMO_TRAFFIC = envbool("WARDEN_DEMO_TRAFFIC", True)  # beat starts the demo fleet's scheduled runs
 WARDEN_READINESS_TIMEOUT = envint("WARDEN_READINESS_TIMEOUT", 2)
 

@@ -292,6 +292,11 @@ class Stack:
         env.setdefault("PYTHONUNBUFFERED", "1")
         # The demo fleet's models answer from the offline simulated provider (labelled so everywhere).
         env.setdefault("WARDEN_LLM_UPSTREAMS", '{"*": "simulated"}')
+        # The demo's CRM, an MCP server inside the web process that answers only Warden (its key below), which
+        # seed_demo registers as "crm": agents reach it through the MCP gateway at /mcp/crm/.
+        env.setdefault("WARDEN_DEMO_MCP_KEY", read_or_create(VAR / "demo_mcp_key", lambda: secrets.token_urlsafe(24)))
+        env.setdefault("WARDEN_DEMO_MCP_URL", f"http://127.0.0.1:{WEB_PORT}/demo/mcp/")
+        env.setdefault("WARDEN_MCP_UPSTREAM_KEYS", '{"crm": {"api_key_env": "WARDEN_DEMO_MCP_KEY"}}')
         return env
 
     def down(self) -> None:

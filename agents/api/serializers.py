@@ -255,17 +255,20 @@ CLEARANCE_LABELS = [label for _, label in Clearance.choices]
 
 
 class McpToolInput(serializers.Serializer):
+    """A tool to register, or what to change of one (what is left out stays as it is)."""
+
     name = serializers.CharField(max_length=64)
-    description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
-    input_schema = serializers.JSONField(required=False, default=None,
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    input_schema = serializers.JSONField(required=False,
                                          help_text='The JSON Schema of its arguments ({"type": "object", ...}).')
-    price_micros = serializers.IntegerField(min_value=0, max_value=10**9, required=False, default=None,
-                                            help_text="Warden's price per call in micro-dollars (required for a new tool).")
-    clearance = serializers.ChoiceField(choices=CLEARANCE_LABELS, required=False, default=None,
+    price_micros = serializers.IntegerField(min_value=0, max_value=10**9, required=False,
+                                            help_text="Warden's price per call in micro-dollars: an admin gives a new "
+                                                      "tool its first price; changing it is finance's.")
+    clearance = serializers.ChoiceField(choices=CLEARANCE_LABELS, required=False,
                                         help_text="The most sensitive data it may be sent (default: internal).")
-    returns = serializers.ChoiceField(choices=CLEARANCE_LABELS, required=False, default="public",
+    returns = serializers.ChoiceField(choices=CLEARANCE_LABELS, required=False,
                                       help_text="How sensitive what it returns is: a caller carries that afterwards.")
-    active = serializers.BooleanField(required=False, default=True)
+    active = serializers.BooleanField(required=False)
 
 
 class McpServerInput(serializers.Serializer):

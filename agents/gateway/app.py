@@ -35,6 +35,8 @@ from governance.context import clean_correlation_id, correlation_scope, new_corr
 from . import services
 from .mcp_app import PREFIX as MCP_PREFIX
 from .mcp_app import McpFront
+
+DEMO_PATH = "/demo/mcp/"
 from .services import GatewayError
 
 _CORRELATION: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_correlation")
@@ -50,6 +52,15 @@ class Gateway:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warden-gateway")
         self._clients = weakref.WeakKeyDictionary()  # event loop -> its client
         self.mcp = McpFront(self)
+        self._demo = None  # the demo's CRM MCP server (agents/gateway/demo_mcp.py), when WARDEN_DEMO_MCP_KEY is set
+
+    async def _demo_crm(self, scope, receive, send):
+        from .demo_mcp import DemoCrm
+
+        if self._demo is None:
+            self._demo = DemoCrm()
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        await self._demo(scope, receive, send, headers)
 
     def _client(self) -> httpx.AsyncClient:
         """One HTTP client per event loop, kept: making one loads the CA bundle (tens of milliseconds) and
@@ -62,7 +73,10 @@ class Gateway:
         return client
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope.get("path", "").startswith((PREFIX, MCP_PREFIX)):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith(DEMO_PATH) and settings.WARDEN_DEMO_MCP_KEY:
+            return await self._demo_crm(scope, receive, send)
+        if scope["type"] != "http" or not path.startswith((PREFIX, MCP_PREFIX)):
             return await self.app(scope, receive, send)
         try:
             await self._handle(scope, receive, send)

@@ -34,7 +34,8 @@ class McpToolForm(forms.Form):
     input_schema = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 4, "class": "code"}),
                                    label="Input schema (JSON Schema)", initial='{"type": "object"}')
     price = DollarField(max_dollars=1_000, label="Price per call ($)", required=False,
-                        help_text="Required for a new tool; empty keeps the current price.")
+                        help_text="A new tool's first price; empty keeps the price it has (finance changes "
+                                      "prices). Without one, the gate denies the tool.")
     clearance = forms.TypedChoiceField(coerce=int, choices=Clearance.choices, initial=Clearance.INTERNAL,
                                        help_text="The most sensitive data it may be sent.")
     returns = forms.TypedChoiceField(coerce=int, choices=Clearance.choices, initial=Clearance.PUBLIC,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from governance.flow import GATEWAY_KEY_PREFIX
 from governance.gate import could_allow
 from governance.models import Action, ActionOutcome, ActionStatus
 
-from ..models import McpServer, McpTool
+from ..models import MCP_SERVER_NAME, MCP_TOOL_NAME, McpServer, McpTool
 from .registry import upstream_headers
 from .services import Caller, GatewayError, ask, claim_action, verdict
 
@@ -43,7 +44,7 @@ class McpCall:
 
 
 def server_active(name: str) -> McpServer:
-    server = McpServer.objects.filter(name=name, active=True).first()
+    server = McpServer.objects.filter(name=name, active=True).first() if re.match(MCP_SERVER_NAME, name) else None
     if server is None:
         raise GatewayError(404, "not_found", f"No MCP server named {name} is registered with Warden (or it is retired).")
     return server
@@ -58,10 +59,11 @@ def tools_for(caller: Caller, server_name: str) -> list[dict]:
             for tool in tools if tool.resource in shown]
 
 
-def _digest(arguments: dict) -> str:
+def _digest(arguments: dict) -> tuple[str, str]:
+    """The arguments' canonical text and its sha256."""
     try:
         text = json.dumps(arguments, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
     except (ValueError, TypeError, UnicodeEncodeError, RecursionError):
         raise GatewayError(400, "invalid_arguments", "The arguments hold values that cannot be sent on (NaN, a lone "
                                                      "surrogate).") from None
@@ -106,14 +108,17 @@ def _claimed():
 def admit_call(caller: Caller, server_name: str, tool_name: str, arguments) -> McpCall:
     """Check the call, ask the gate; when allowed, claim it for forwarding (once)."""
     server = server_active(server_name)
-    tool = McpTool.objects.filter(server=server, name=tool_name, active=True).select_related("server").first()
+    tool = None
+    if isinstance(tool_name, str) and re.match(MCP_TOOL_NAME, tool_name):
+        tool = McpTool.objects.filter(server=server, name=tool_name, active=True).select_related("server").first()
     if tool is None:
         raise GatewayError(404, "unknown_tool", f"{server_name} has no tool {str(tool_name)[:64]} registered with "
                                                 "Warden.")
     arguments = _check_arguments(tool, arguments)
-    digest = _digest(arguments)
+    digest, text = _digest(arguments)
+    # What a person approving it reads: the arguments as sent (cut at 4,000 characters; the digest binds them all).
     context = {"purpose": f"gateway: MCP tool of {server_name}",
-               "gateway": {"mcp": server_name, "request_sha256": digest}}
+               "gateway": {"mcp": server_name, "request_sha256": digest, "arguments": text[:4000]}}
     key = _approved_waiting(caller.agent.pk, tool.resource, digest) or f"{MCP_KEY_PREFIX}{uuid.uuid4()}"
     action = ask(caller, tool.resource, context, key, action="tool.call")
     call = McpCall(action=action, server=server_name, tool=tool.name, url=server.url, timeout=server.timeout_seconds,

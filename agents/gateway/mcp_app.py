@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
+import re
 import weakref
 
 import httpx
 from django.conf import settings
 
+from ..models import MCP_SERVER_NAME
 from . import mcp as calls
 from . import services
 from .services import GatewayError
@@ -36,6 +39,7 @@ PREFIX = "/mcp/"
 def _server():
     from mcp import types
     from mcp.server.lowlevel import Server
+    from mcp.shared.exceptions import McpError
 
     server = Server("warden", instructions="Warden's governed MCP gateway: every tool call is judged, priced and "
                                            "audited by Warden before it reaches the tool's server.")
@@ -44,24 +48,34 @@ def _server():
         request = server.request_context.request
         return request.scope["warden"]
 
-    @server.list_tools()
-    async def list_tools() -> list[types.Tool]:
-        state = warden()
-        listed = await state["front"].thread(state, calls.tools_for, state["caller"], state["server"])
-        return [types.Tool(name=tool["name"], description=tool["description"] or None, inputSchema=tool["inputSchema"])
-                for tool in listed]
-
-    @server.call_tool(validate_input=False)  # Warden checks the registered schema itself, before the gate
-    async def call_tool(name: str, arguments: dict | None) -> types.CallToolResult:
+    async def list_tools(request: types.ListToolsRequest) -> types.ServerResult:
         state = warden()
         try:
-            return await state["front"].call(state, name, arguments)
+            listed = await state["front"].thread(state, calls.tools_for, state["caller"], state["server"])
+        except Exception:
+            logger.exception("MCP gateway listing failed")
+            raise McpError(types.ErrorData(code=types.INTERNAL_ERROR, message="Warden could not list the tools.")) \
+                from None
+        return types.ServerResult(types.ListToolsResult(tools=[
+            types.Tool(name=tool["name"], description=tool["description"] or None, inputSchema=tool["inputSchema"])
+            for tool in listed]))
+
+    # Handlers of Warden's own, not the SDK's decorators: its call_tool looks tools up in a cache shared by every
+    # agent and server (a miss lists all of them again) and checks arguments itself; Warden checks each call
+    # against the registry, before the gate.
+    async def call_tool(request: types.CallToolRequest) -> types.ServerResult:
+        state = warden()
+        try:
+            result = await state["front"].call(state, request.params.name, request.params.arguments)
         except GatewayError as error:
-            return _error_result(error)
+            result = _error_result(error)
         except Exception:
             logger.exception("MCP gateway call failed")
-            return _error_result(GatewayError(500, "internal_error", "Warden could not handle this call."))
+            result = _error_result(GatewayError(500, "internal_error", "Warden could not handle this call."))
+        return types.ServerResult(result)
 
+    server.request_handlers[types.ListToolsRequest] = list_tools
+    server.request_handlers[types.CallToolRequest] = call_tool
     return server
 
 
@@ -74,20 +88,23 @@ def _error_result(error: GatewayError):
                                 _meta={"warden/error": detail})
 
 
-class McpFront:
-    """Authentication and routing in front of the SDK's session manager (one per event loop, started on first
-    use: the manager runs a task group for the life of the loop, and Warden's ASGI app has no lifespan)."""
+class LazyManagers:
+    """The SDK's stateless session manager for an MCP server, one per event loop, started on first use: the
+    manager runs a task group for the life of the loop, and Warden's ASGI app has no lifespan."""
 
-    def __init__(self, gateway):
-        self.gateway = gateway
-        self.server = _server()
-        self._managers = weakref.WeakKeyDictionary()  # event loop -> (manager, its task)
+    def __init__(self, server):
+        self.server = server
+        self._managers = weakref.WeakKeyDictionary()  # event loop -> (manager, its task, started)
 
-    async def _manager(self):
+    async def get(self):
         from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
         loop = asyncio.get_running_loop()
         held = self._managers.get(loop)
+        if held is not None and held[1].done():  # its task group ended (an error): start another
+            if not held[1].cancelled() and held[1].exception() is not None:
+                logger.error("MCP session manager stopped", exc_info=held[1].exception())
+            held = None
         if held is None:
             manager = StreamableHTTPSessionManager(app=self.server, stateless=True, json_response=True,
                                                    max_request_body_size=settings.WARDEN_GATEWAY_MAX_BODY)
@@ -102,15 +119,47 @@ class McpFront:
         await held[2].wait()
         return held[0]
 
+
+class McpFront:
+    """Authentication and routing in front of the SDK's session manager."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.server = _server()
+        self.managers = LazyManagers(self.server)
+
+    async def _manager(self):
+        return await self.managers.get()
+
     async def __call__(self, scope, receive, send, headers: dict, meta: dict):
+        from .app import _read_body
+
         name = scope["path"][len(PREFIX):].strip("/")
-        if not name or "/" in name:
+        if not re.match(MCP_SERVER_NAME, name):
             raise GatewayError(404, "not_found", "Use /mcp/<server>/ with the name of an MCP server registered with "
                                                  "Warden.")
+        if scope["method"] != "POST":
+            # Stateless: every message is a POST answered in JSON; no standing streams, no sessions to end.
+            raise GatewayError(405, "method_not_allowed", "Warden's MCP gateway takes POST (Streamable HTTP, "
+                                                          "stateless, JSON answers).")
         caller = await self.gateway._thread(services.authenticate, headers.get("authorization", ""), meta)
         await self.gateway._thread(calls.server_active, name)
+        body = await _read_body(receive, settings.WARDEN_GATEWAY_MAX_BODY)
+        try:
+            json.loads(body)
+        except (ValueError, RecursionError):  # the SDK answers a parse error, but not a nesting too deep
+            raise GatewayError(400, "parse_error", "The body is not a JSON-RPC message Warden can read.") from None
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
         state = {"caller": caller, "server": name, "front": self, "correlation": services_correlation()}
-        await (await self._manager()).handle_request({**scope, "warden": state}, receive, send)
+        await (await self._manager()).handle_request({**scope, "warden": state}, replay, send)
 
     async def thread(self, state, function, *args, **kwargs):
         from .app import _CORRELATION
@@ -136,48 +185,52 @@ class McpFront:
         return await self._forward(state, call)
 
     async def _forward(self, state, call):
-        from mcp import ClientSession
+        from mcp import ClientSession, types
         from mcp.client.streamable_http import streamable_http_client
         from mcp.shared.exceptions import McpError
 
         action_id = call.action.pk
+        timeout = dt.timedelta(seconds=call.timeout)
         sent = False
         try:
             async with httpx.AsyncClient(headers={**call.headers, "X-Warden-Action": str(action_id)},
                                          timeout=httpx.Timeout(call.timeout, connect=min(10, call.timeout)),
                                          follow_redirects=False) as http:
                 async with streamable_http_client(call.url, http_client=http) as (read, write, _):
-                    async with ClientSession(read, write) as session:
+                    async with ClientSession(read, write, read_timeout_seconds=timeout) as session:
                         await asyncio.wait_for(session.initialize(), timeout=call.timeout)
                         sent = True
-                        result = await session.call_tool(call.tool, call.arguments,
-                                                         read_timeout_seconds=dt.timedelta(seconds=call.timeout))
+                        # The request itself, not ClientSession.call_tool: that one asks the server for its tool
+                        # list again to check the answer (another call upstream, which could fail after the tool ran).
+                        result = await session.send_request(
+                            types.ClientRequest(types.CallToolRequest(params=types.CallToolRequestParams(
+                                name=call.tool, arguments=call.arguments))),
+                            types.CallToolResult, request_read_timeout_seconds=timeout)
         except BaseException as raised:
             error = _find(raised, McpError)
-            protocol = error is not None and error.error.code != httpx.codes.REQUEST_TIMEOUT
-            if isinstance(raised, asyncio.CancelledError):
-                await asyncio.shield(self.thread(state, services.settle, action_id, succeeded=False,
-                                                 usage={"calls": 1 if sent else 0}, source="warden"))
+            code = error.error.code if error is not None else None
+            # Never asked (no connection, no session), or refused as a request the tool never ran on (unknown
+            # method or tool, bad parameters): nothing was used. Anything else after the call was sent (an
+            # error answer, a timeout, a broken connection): the tool may have run, so the call is charged.
+            charged = sent and code not in (types.METHOD_NOT_FOUND, types.INVALID_PARAMS, types.INVALID_REQUEST)
+            settling = self.thread(state, services.settle, action_id, succeeded=False,
+                                   usage={"calls": 1 if charged else 0}, source="warden")
+            if _find(raised, asyncio.CancelledError) is not None or not isinstance(raised, Exception):
+                await asyncio.shield(settling)
                 raise
-            # Never asked (no connection, no session), or answered with a protocol error (the tool did not run):
-            # nothing was used. Asked and the answer lost (a timeout, a broken connection): the tool may have run,
-            # so the call is charged.
             logger.info("MCP upstream %s failed: %r", call.server, raised)
-            await self.thread(state, services.settle, action_id, succeeded=False,
-                              usage={"calls": 1 if sent and not protocol else 0}, source="warden")
-            if not isinstance(raised, Exception):
-                raise
-            if protocol:
+            await settling
+            if error is not None and code != httpx.codes.REQUEST_TIMEOUT:
                 raise GatewayError(502, "upstream_error", f"{call.server} answered with an error: "
                                                           f"{error.error.message[:300]}", action_id=str(action_id)) from None
-            timeout = error is not None or _find(raised, TimeoutError, httpx.TimeoutException) is not None
-            raise GatewayError(504 if timeout else 502, "upstream_timeout" if timeout else "upstream_unavailable",
-                               f"{call.server} did not answer in time." if timeout else
+            timed_out = error is not None or _find(raised, TimeoutError, httpx.TimeoutException) is not None
+            raise GatewayError(504 if timed_out else 502, "upstream_timeout" if timed_out else "upstream_unavailable",
+                               f"{call.server} did not answer in time." if timed_out else
                                f"{call.server} could not be reached or broke off the call.",
                                action_id=str(action_id)) from None
-        # A tool error (isError) is the tool's answer: the Action failed and nothing is charged.
-        await self.thread(state, services.settle, action_id, succeeded=not result.isError,
-                          usage={"calls": 0 if result.isError else 1}, source="warden")
+        # A tool error (isError) is the tool's own answer: it ran, so the call is charged; the Action failed.
+        await self.thread(state, services.settle, action_id, succeeded=not result.isError, usage={"calls": 1},
+                          source="warden")
         result.meta = {**(result.meta or {}), "warden/action_id": str(action_id)}
         return result
 

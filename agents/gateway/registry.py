@@ -60,10 +60,19 @@ def check_input_schema(schema) -> dict:
         schema = {"type": "object"}
     if not isinstance(schema, dict) or schema.get("type") != "object":
         raise ValidationError({"input_schema": 'A JSON Schema of an object ({"type": "object", ...}).'})
-    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+    try:
+        text = json.dumps(schema, ensure_ascii=False)
+        text.encode("utf-8")
+    except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
+        raise ValidationError({"input_schema": "Plain JSON: no lone surrogates, NaN or deep nesting."}) from None
+    if "\\u0000" in text or "\x00" in text:
+        raise ValidationError({"input_schema": "No NUL characters."})
+    if len(text.encode("utf-8")) > MAX_SCHEMA_BYTES:
         raise ValidationError({"input_schema": f"At most {MAX_SCHEMA_BYTES} bytes."})
     try:
         Draft202012Validator.check_schema(schema)
+    except RecursionError:
+        raise ValidationError({"input_schema": "Too deeply nested."}) from None
     except SchemaError as error:
         raise ValidationError({"input_schema": f"Not a valid JSON Schema: {error.message[:200]}"}) from None
     if "$ref" in json.dumps(schema) and any(isinstance(ref, str) and not ref.startswith("#")
@@ -130,44 +139,59 @@ def mcp_server_update(*, server: McpServer, by, url: str | None = None, descript
 
 
 @transaction.atomic
-def mcp_tool_set(*, server: McpServer, by, name: str, description: str = "", input_schema=None,
-                 price_micros: int | None = None, clearance=None, returns="public", active: bool = True) -> McpTool:
-    """Register a tool of a server, or change it. A new tool needs a price (it is never free); the price and
-    the clearance, when given, are set under `<server>/<tool>` (a new price from now, history kept)."""
+def mcp_tool_set(*, server: McpServer, by, name: str, description: str | None = None, input_schema=None,
+                 price_micros: int | None = None, clearance=None, returns=None, active: bool | None = None) -> McpTool:
+    """Register a tool of a server, or change what is given of it (None: as it is; for a new tool, no
+    description, any object of arguments, returns public, active).
+
+    The price (per call, a new price from now, history kept) and the clearance are set under
+    `<server>/<tool>`. An admin gives a new tool its first price; changing a price that exists is finance's
+    (budget.manage), as on the prices page. A tool without a price is registered and denied by the gate
+    until it has one."""
     from billing.models import PriceKind
     from billing.services import price_at, price_set
     from django.utils import timezone
+    from governance.access import can
     from governance.models import DataSink
 
     name = (name or "").strip() if isinstance(name, str) else ""
     if not re.match(MCP_TOOL_NAME, name):
         raise ValidationError({"name": "An MCP tool name: 1 to 64 letters, digits, _ . or -."})
-    schema = check_input_schema(input_schema)
-    returned = _label(returns, "returns")
     resource = f"{server.name}/{name}"
     tool = McpTool.objects.select_for_update().filter(server=server, name=name).first()
     created = tool is None
-    if created and McpTool.objects.filter(server=server).count() >= MAX_TOOLS:
-        raise ValidationError({"tools": f"At most {MAX_TOOLS} tools per server."})
-    current = price_at(PriceKind.TOOL, resource, timezone.now())
-    if price_micros is None and current is None:
-        raise ValidationError({"price_micros": f"Tool {resource} has no price yet: give its price per call."})
-    before = None if created else {"description": tool.description, "input_schema": tool.input_schema,
-                                   "returns": tool.returns, "active": tool.active}
     if created:
-        tool = McpTool(server=server, name=name)
-    tool.description, tool.input_schema, tool.returns, tool.active = (description or "")[:2000], schema, returned, \
-        bool(active)
+        McpServer.objects.select_for_update().get(pk=server.pk)  # one registration at a time: the count holds
+        if McpTool.objects.filter(server=server).count() >= MAX_TOOLS:
+            raise ValidationError({"tools": f"At most {MAX_TOOLS} tools per server."})
+        tool = McpTool(server=server, name=name, description="", input_schema={"type": "object"},
+                       returns=Clearance.PUBLIC, active=True)
+    before = {"description": tool.description, "input_schema": tool.input_schema, "returns": tool.returns,
+              "active": tool.active}
+    if description is not None:
+        tool.description = str(description)[:2000]
+    if input_schema is not None:
+        tool.input_schema = check_input_schema(input_schema)
+    if returns is not None:
+        tool.returns = _label(returns, "returns")
+    if active is not None:
+        tool.active = bool(active)
+    after = {"description": tool.description, "input_schema": tool.input_schema, "returns": tool.returns,
+             "active": tool.active}
+    changes = {} if after == before and not created else {
+        **{k: v for k, v in after.items() if created or v != before[k]},
+        **({"returns": Clearance(tool.returns).label} if created or tool.returns != before["returns"] else {})}
     tool.updated_by = by
     tool.save()
-    changes = {} if before == {"description": tool.description, "input_schema": tool.input_schema,
-                               "returns": tool.returns, "active": tool.active} else {
-        "description": tool.description, "input_schema": schema, "returns": Clearance(returned).label,
-        "active": tool.active}
-    if price_micros is not None and (current is None or tuple(current) != (0, 0, price_micros)):
-        price_set(kind=PriceKind.TOOL, name=resource, by=by, per_call_micros=price_micros,
-                  note=f"MCP tool of {server.name}")
-        changes["price_micros"] = price_micros
+    if price_micros is not None:
+        current = price_at(PriceKind.TOOL, resource, timezone.now())
+        if current is None or tuple(current) != (0, 0, price_micros):
+            if current is not None and not can(by, "budget.manage"):
+                raise ValidationError({"price_micros": f"{resource} has a price; finance changes prices (Budgets → "
+                                                       "Prices)."})
+            price_set(kind=PriceKind.TOOL, name=resource, by=by, per_call_micros=price_micros,
+                      note=f"MCP tool of {server.name}")
+            changes["price_micros"] = price_micros
     if clearance is not None:
         level = _label(clearance, "clearance")
         sink = DataSink.objects.filter(kind="tool", name=resource).first()
@@ -204,16 +228,18 @@ class ToolView:
 def tool_views(server: McpServer, tools=None) -> list[ToolView]:
     from billing.models import Price, PriceKind
     from django.utils import timezone
-    from governance.flow import sink_clearance
-
     tools = list(tools if tools is not None else server.tools.all())
     names = [tool.resource for tool in tools]
     prices: dict[str, int] = {}
     for name, per_call in (Price.objects.filter(kind=PriceKind.TOOL, name__in=names, effective_from__lte=timezone.now())
                            .order_by("name", "-effective_from").values_list("name", "per_call_micros")):
         prices.setdefault(name, per_call)
-    return [ToolView(tool, prices.get(tool.resource), sink_clearance(action="tool.call", resource=tool.resource)[0])
-            for tool in tools]
+    from governance.flow import DEFAULT_SINK
+    from governance.models import DataSink
+
+    sinks = dict(DataSink.objects.filter(kind="tool", name__in=[*names, "*"]).values_list("name", "clearance"))
+    default = sinks.get("*", DEFAULT_SINK["tool"])
+    return [ToolView(tool, prices.get(tool.resource), sinks.get(tool.resource, default)) for tool in tools]
 
 
 def mcp_server_get(*, name: str) -> McpServer:

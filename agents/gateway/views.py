@@ -89,10 +89,15 @@ def tool_set(request, name):
         try:
             tool = registry.mcp_tool_set(server=server, by=request.user, **form.service_arguments())
         except ValidationError as error:
+            if hasattr(error, "error_dict") and "price_micros" in error.error_dict:  # the form's field is "price"
+                error.error_dict["price"] = error.error_dict.pop("price_micros")
             apply_errors(form, error)
         else:
             messages.success(request, f"Tool {tool.resource} saved. Agents reach it once it is in their allowed "
                                       "tools and their roles grant tool.call.")
+            if registry.tool_views(server, [tool])[0].price_micros is None:
+                messages.warning(request, f"{tool.resource} has no price: the gate denies every call of it until it "
+                                          "has one.")
             return redirect("mcp:detail", name=server.name)
     return _detail(request, server, tool_form=form, status=400)
 

@@ -51,13 +51,12 @@ def test_an_admin_registers_a_server_and_prices_a_tool_and_sees_an_agents_call(s
         offered = page.inner_text("section.card")
         assert "lookup_customer" in offered and "delete_everything" in offered
         row = page.locator("section.card tr", has_text="lookup_customer")
-        row.locator("button:has-text('Register')").click()  # no price: refused
-        page.wait_for_selector("text=has no price yet")
-        page.goto(f"{url}/mcp-servers/crm/")
-        page.click("button:has-text('Discover')")
-        row = page.locator("section.card tr", has_text="lookup_customer")
-        row.locator("input[name=price]").fill("0.002")
-        row.locator("button:has-text('Register')").click()
+        row.locator("button:has-text('Register')").click()  # registered without a price: denied until priced
+        page.wait_for_selector("text=has no price: the gate denies every call of it until it has one.")
+        assert "no price" in page.inner_text("section:has(h2:has-text('Tools'))")
+        page.click("a:has-text('change')")
+        page.fill("#id_price", "0.002")
+        page.click("button:has-text('Save tool')")
         page.wait_for_selector("text=Tool crm/lookup_customer saved.")
         tool = McpTool.objects.get(server__name="crm", name="lookup_customer")
         assert tool.input_schema["required"] == ["customer_id"] and McpServer.objects.get().created_by == personas["admin"]
@@ -75,13 +74,17 @@ def test_an_admin_registers_a_server_and_prices_a_tool_and_sees_an_agents_call(s
         page.screenshot(path=str(SHOTS / "mcp-server.png"), full_page=True)
         assert [call["tool"] for call in upstream.calls] == ["lookup_customer"]
 
-        # Changing a tool starts from what is registered: a new price keeps its schema.
+        # Changing a tool starts from what is registered; its price is finance's to change now.
         page.click("a:has-text('change')")
         assert page.input_value("#id_name") == "lookup_customer" and "customer_id" in page.input_value("#id_input_schema")
         page.fill("#id_price", "0.003")
         page.select_option("#id_returns", label="confidential")
         page.click("button:has-text('Save tool')")
+        page.wait_for_selector("text=finance changes prices")
+        page.screenshot(path=str(SHOTS / "mcp-tool-errors.png"), full_page=True)
+        page.fill("#id_price", "")
+        page.click("button:has-text('Save tool')")
         page.wait_for_selector("text=Tool crm/lookup_customer saved.")
         tool.refresh_from_db()
         assert tool.input_schema["required"] == ["customer_id"] and tool.get_returns_display() == "confidential"
-        assert "$0.003" in page.inner_text("section:has(h2:has-text('Tools'))")
+        assert "$0.002" in page.inner_text("section:has(h2:has-text('Tools'))")

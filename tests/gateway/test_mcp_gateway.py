@@ -157,6 +157,11 @@ def test_bad_keys_and_unknown_servers_are_refused_before_the_sdk(mcp, registered
     with pytest.raises(Exception) as raised:
         mcp(lambda session: session.list_tools(), key="wdn_not-a-key")
     assert "401" in repr(raised.value) or "401" in str(raised.value.__dict__)
+    accept = {"Authorization": f"Bearer {mcp.secret}", "Accept": "application/json, text/event-stream"}
+    assert httpx.get(f"{mcp.url}/mcp/crm/", headers=accept).status_code == 405  # no standing streams
+    assert httpx.post(f"{mcp.url}/mcp/%00/", json={}, headers=accept).status_code == 404
+    deep = "[" * 100_000 + "]" * 100_000
+    assert httpx.post(f"{mcp.url}/mcp/crm/", content=deep, headers=accept).status_code == 400
     plain = httpx.post(f"{mcp.url}/mcp/crm/", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
                        headers={"Authorization": "Bearer nope", "Accept": "application/json, text/event-stream"})
     assert plain.status_code == 401 and plain.headers["www-authenticate"].startswith("Bearer")
@@ -194,6 +199,8 @@ def test_a_call_still_waiting_is_a_tool_error_and_calling_again_once_approved_ru
     welcome = {"email": "ada@example.com", "text": "Welcome!"}
     waiting = mcp(lambda session: session.call_tool("send_welcome", welcome))
     error = error_of(waiting)
+    # The person deciding reads what would be sent.
+    assert json.loads(Action.objects.get(pk=error["action_id"]).context["gateway"]["arguments"]) == welcome
     assert error["type"] == "warden_pending_approval" and "again with the same arguments" in waiting.content[0].text
     again = mcp(lambda session: session.call_tool("send_welcome", welcome))  # still waiting: the same action
     assert error_of(again)["action_id"] == error["action_id"] and Approval.objects.count() == 1
@@ -217,7 +224,7 @@ def test_upstream_failures_are_failed_actions_charged_only_when_the_tool_may_hav
     broken = mcp(lambda session: session.call_tool("broken", {}))
     assert broken.isError and "maintenance" in broken.content[0].text  # the tool's own error, unchanged
     action = Action.objects.get(pk=broken.meta["warden/action_id"])
-    assert action.status == "failed" and action.actual_cost_micros == 0
+    assert action.status == "failed" and action.actual_cost_micros == 3_000  # it ran: an error answer is charged
 
     slow = mcp(lambda session: session.call_tool("slow", {"seconds": 5}))  # the server's timeout is 2 s
     assert error_of(slow)["type"] == "upstream_timeout"
@@ -232,7 +239,7 @@ def test_upstream_failures_are_failed_actions_charged_only_when_the_tool_may_hav
     unreachable = mcp(lambda session: session.call_tool("broken", {}))
     assert error_of(unreachable)["type"] == "upstream_unavailable"
     assert Action.objects.get(pk=error_of(unreachable)["action_id"]).actual_cost_micros == 0
-    assert sum(LedgerEntry.objects.values_list("cost_micros", flat=True)) == 1_000
+    assert sum(LedgerEntry.objects.values_list("cost_micros", flat=True)) == 3_000 + 1_000
     assert reserved_now() == 0
     assert [call["tool"] for call in upstream.calls] == ["broken", "slow"]
 
@@ -267,13 +274,27 @@ def test_registration_over_the_api_is_for_admins_and_audited(api_for, upstream):
         "mcp_server.register", "mcp_tool.register"}
     assert api_for("viewer").get("/api/v1/mcp-servers/crm/").status_code == 200
 
+    # A change names what changes; the rest stays (a retired tool is not revived, its schema not dropped).
+    changed = api_for("admin").patch("/api/v1/mcp-servers/crm/", {"tools": [{"name": "lookup_customer",
+                                                                               "returns": "restricted"}]}, format="json")
+    assert changed.status_code == 200
+    lookup = next(tool for tool in changed.json()["tools"] if tool["name"] == "lookup_customer")
+    assert lookup["returns"] == "restricted" and lookup["input_schema"] == TOOLS[0]["input_schema"]
+    assert lookup["price_micros"] == 2_000 and lookup["active"]
+    # An admin gives a new tool its first price; changing a price is finance's (on the prices page).
+    repriced = api_for("admin").patch("/api/v1/mcp-servers/crm/", {"tools": [{"name": "lookup_customer",
+                                                                                "price_micros": 0}]}, format="json")
+    assert repriced.status_code == 400 and "finance" in repriced.content.decode()
     unpriced = api_for("admin").patch("/api/v1/mcp-servers/crm/", {"tools": [{"name": "free_lunch"}]}, format="json")
-    assert unpriced.status_code == 400 and "price" in unpriced.content.decode()
+    assert unpriced.status_code == 200
+    assert next(t for t in unpriced.json()["tools"] if t["name"] == "free_lunch")["price_micros"] is None
     bad = [{"name": "crm2", "url": "file:///etc/passwd"}, {"name": "crm3", "url": "http://u:p@example.com/mcp"},
            {"name": "Bad Name", "url": upstream.url},
            {"name": "crm4", "url": upstream.url, "tools": [{"name": "x", "price_micros": 1, "input_schema": {"type": "string"}}]},
            {"name": "crm5", "url": upstream.url, "tools": [{"name": "x y", "price_micros": 1}]},
-           {"name": "crm6", "url": upstream.url, "tools": [{"name": "x", "price_micros": -1}]}]
+           {"name": "crm6", "url": upstream.url, "tools": [{"name": "x", "price_micros": -1}]},
+           {"name": "crm7", "url": upstream.url, "tools": [{"name": "x", "input_schema": {"type": "object",
+                                                                                         "title": "a\u0000b"}}]}]
     for body in bad:
         answer = api_for("admin").post("/api/v1/mcp-servers/", body, format="json")
         assert answer.status_code == 400, body
@@ -297,3 +318,14 @@ def test_what_a_tool_returns_is_carried_afterwards_and_may_not_go_where_it_is_no
     other = make_agent("clean-bot", allowed_tools=ALLOWED)
     _, secret = agent_key_issue(agent=other, by=other.owner)
     assert not mcp(lambda session: session.call_tool("send_welcome", welcome), key=secret).isError
+
+
+def test_an_unpriced_tool_is_registered_but_neither_listed_nor_forwarded(mcp, upstream, personas):
+    from agents.gateway.registry import mcp_tool_set
+    from agents.models import McpServer
+
+    mcp_tool_set(server=McpServer.objects.get(name="crm"), by=personas["admin"], name="delete_everything")
+    assert "delete_everything" not in [t.name for t in mcp(lambda session: session.list_tools()).tools]
+    refused = mcp(lambda session: session.call_tool("delete_everything", {}))
+    assert error_of(refused)["type"] == "warden_denied" and "has no price" in refused.content[0].text
+    assert upstream.calls == []
