@@ -209,17 +209,24 @@ class McpFront:
         except BaseException as raised:
             error = _find(raised, McpError)
             code = error.error.code if error is not None else None
-            # Never asked (no connection, no session), or refused as a request the tool never ran on (unknown
-            # method or tool, bad parameters): nothing was used. Anything else after the call was sent (an
-            # error answer, a timeout, a broken connection): the tool may have run, so the call is charged.
-            charged = sent and code not in (types.METHOD_NOT_FOUND, types.INVALID_PARAMS, types.INVALID_REQUEST)
+            refused = _find(raised, httpx.HTTPStatusError)
+            status = refused.response.status_code if refused is not None else None
+            # Never asked (no connection, no session), refused at the door (an HTTP error status: 429, 5xx, a
+            # bad credential), or refused as a request the tool never ran on (unknown method or tool, bad
+            # parameters): nothing was used. Anything else after the call was sent (an error answer, a timeout,
+            # a broken connection): the tool may have run, so the call is charged.
+            charged = sent and status is None and code not in (types.METHOD_NOT_FOUND, types.INVALID_PARAMS,
+                                                               types.INVALID_REQUEST)
             settling = self.thread(state, services.settle, action_id, succeeded=False,
-                                   usage={"calls": 1 if charged else 0}, source="warden")
+                                   usage={"calls": 1 if charged else 0}, source="warden", upstream_status=status)
             if _find(raised, asyncio.CancelledError) is not None or not isinstance(raised, Exception):
                 await asyncio.shield(settling)
                 raise
             logger.info("MCP upstream %s failed: %r", call.server, raised)
             await settling
+            if status is not None:  # the upstream's status, as it said it
+                raise GatewayError(status if status >= 400 else 502, "upstream_error",
+                                   f"{call.server} answered HTTP {status}.", action_id=str(action_id)) from None
             if error is not None and code != httpx.codes.REQUEST_TIMEOUT:
                 raise GatewayError(502, "upstream_error", f"{call.server} answered with an error: "
                                                           f"{error.error.message[:300]}", action_id=str(action_id)) from None

@@ -159,11 +159,15 @@ def test_seed_demo_is_safe_to_run_twice(db, settings, capsys):
     from django.core.management import call_command
 
     settings.WARDEN_DEMO_PASSWORD = "demo-pass-123"
+    settings.WARDEN_DEMO_MCP_URL = "http://127.0.0.1:8000/demo/mcp/"
     call_command("seed_demo")
     call_command("seed_demo")
     out = capsys.readouterr().out
-    assert "Demo fleet: 8 agents (0 new)" in out
-    assert Agent.objects.count() == 8
+    assert "Demo fleet: 9 agents (0 new)" in out
+    assert Agent.objects.count() == 9
+    from agents.models import McpServer, McpTool
+
+    assert McpServer.objects.get().name == "crm" and McpTool.objects.count() == 3
     from django.contrib.auth import get_user_model
 
     for name in ("admin", "finance", "security", "viewer"):

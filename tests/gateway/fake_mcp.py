@@ -21,6 +21,8 @@ class Customer(BaseModel):
 class FakeMcp:
     def __init__(self):
         self.calls: list[dict] = []  # {"tool", "arguments", "action", "authorization"}
+        self.fail_status: int | None = None  # answer tools/call with this HTTP status (the tool does not run)
+        self.refused = 0
         self.lock = threading.Lock()
         self.url = ""
 
@@ -63,7 +65,33 @@ def _app(fake: FakeMcp):
         fake.record(ctx, "delete_everything", {})
         return "deleted"
 
-    return server.streamable_http_app()
+    app = server.streamable_http_app()
+
+    async def failing(scope, receive, send):
+        """Answers tools/call with fake.fail_status when set, before the tool runs; else the SDK's app."""
+        if scope["type"] != "http" or not fake.fail_status or scope["method"] != "POST":
+            return await app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        if b'"tools/call"' in body:
+            fake.refused += 1
+            await send({"type": "http.response.start", "status": fake.fail_status,
+                        "headers": [(b"content-type", b"application/json")]})
+            return await send({"type": "http.response.body", "body": b'{"error": "busy"}'})
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await app(scope, replay, send)
+
+    return app, failing
 
 
 @contextlib.contextmanager
@@ -74,7 +102,14 @@ def fake_mcp():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(_app(fake), host="127.0.0.1", port=port, log_level="warning",
+    app, failing = _app(fake)
+
+    async def asgi(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await app(scope, receive, send)
+        return await failing(scope, receive, send)
+
+    server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on", timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

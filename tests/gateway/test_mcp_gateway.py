@@ -231,6 +231,15 @@ def test_upstream_failures_are_failed_actions_charged_only_when_the_tool_may_hav
     timed_out = Action.objects.get(pk=error_of(slow)["action_id"])
     assert timed_out.status == "failed" and timed_out.actual_cost_micros == 1_000  # it may have run: charged
 
+    for status in (429, 500, 503):  # refused at the door: the upstream's status, nothing charged
+        upstream.fail_status = status
+        refused = mcp(lambda session: session.call_tool("broken", {}))
+        assert (error_of(refused)["type"], error_of(refused)["status"]) == ("upstream_error", status)
+        assert f"HTTP {status}" in refused.content[0].text
+        assert Action.objects.get(pk=error_of(refused)["action_id"]).actual_cost_micros == 0
+    assert upstream.refused == 3
+    upstream.fail_status = None
+
     with __import__("socket").socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]

@@ -22,4 +22,5 @@ class Command(BaseCommand):
         if generated:
             self.stdout.write("  (password generated; set WARDEN_DEMO_PASSWORD to choose it)")
         fleet = demo_fleet_ensure(owner_username="admin")
-        self.stdout.write(f"Demo fleet: {len(FLEET)} agents ({len(fleet)} new).")
+        total = len(FLEET) + (1 if settings.WARDEN_DEMO_MCP_URL else 0)  # crm-assistant, with the demo's CRM
+        self.stdout.write(f"Demo fleet: {total} agents ({len(fleet)} new).")
