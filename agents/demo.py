@@ -131,7 +131,6 @@ SCHEDULES = [
 ]
 
 
-@transaction.atomic
 def _demo_mcp(owner) -> list[str]:
     """The demo CRM behind the MCP gateway: the server, its priced tools, an agent and two policies."""
     from .gateway.registry import mcp_server_register
@@ -155,6 +154,7 @@ def _demo_mcp(owner) -> list[str]:
     return created
 
 
+@transaction.atomic
 def demo_fleet_ensure(*, owner_username: str = "admin") -> list[str]:
     owner = get_user_model().objects.get(username=owner_username)
     for name, display in TEAMS.items():

@@ -124,7 +124,8 @@ def api_flow(*, agent_id, now: dt.datetime, declared: int | None) -> Flow:
 
 def _tool_answers(*, agent_id, since: dt.datetime, asked_since: dt.datetime) -> list[Flow]:
     """Calls of tools registered as returning sensitive data (agents.McpTool.returns), allowed within the window
-    and not failed: what they answered is data the agent now holds, as after a read."""
+    (failed ones too: a tool's error answer reaches the agent as well): what they answered is data the agent
+    now holds, as after a read. The registry as it is now decides the level (a change is audited)."""
     from agents.models import McpTool
     from django.db.models.functions import Coalesce
 

@@ -223,6 +223,17 @@ class Action(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
+    @property
+    def gateway_arguments(self) -> str:
+        """The arguments of an MCP gateway call, as Warden recorded them for the person deciding (only for the
+        gateway's own Actions: an agent's REST context saying so is not shown as such)."""
+        from .flow import GATEWAY_KEY_PREFIX
+
+        if not (self.idempotency_key or "").startswith(f"{GATEWAY_KEY_PREFIX}mcp:"):
+            return ""
+        shown = ((self.context or {}).get("gateway") or {}).get("arguments")
+        return shown if isinstance(shown, str) else ""
+
     class Meta:
         ordering = ["-created_at"]
         constraints = [

@@ -46,7 +46,7 @@ class McpToolForm(forms.Form):
         text = self.cleaned_data["input_schema"].strip() or '{"type": "object"}'
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise forms.ValidationError("Not JSON.") from None
 
     def service_arguments(self) -> dict:

@@ -25,6 +25,7 @@ from .registry import upstream_headers
 from .services import Caller, GatewayError, ask, claim_action, verdict
 
 MCP_KEY_PREFIX = f"{GATEWAY_KEY_PREFIX}mcp:"
+SHOWN_CHARS = 4000
 
 
 @dataclass
@@ -115,10 +116,14 @@ def admit_call(caller: Caller, server_name: str, tool_name: str, arguments) -> M
         raise GatewayError(404, "unknown_tool", f"{server_name} has no tool {str(tool_name)[:64]} registered with "
                                                 "Warden.")
     arguments = _check_arguments(tool, arguments)
-    digest, text = _digest(arguments)
-    # What a person approving it reads: the arguments as sent (cut at 4,000 characters; the digest binds them all).
+    digest, _ = _digest(arguments)
+    # What a person approving it reads: the arguments, every character visible (ASCII escapes: no right-to-left
+    # overrides or zero-width characters to make it read otherwise), said to be cut when they are.
+    shown = json.dumps(arguments, sort_keys=True, ensure_ascii=True)
+    if len(shown) > SHOWN_CHARS:
+        shown = f"{shown[:SHOWN_CHARS]} … ({len(shown) - SHOWN_CHARS:,} more characters not shown)"
     context = {"purpose": f"gateway: MCP tool of {server_name}",
-               "gateway": {"mcp": server_name, "request_sha256": digest, "arguments": text[:4000]}}
+               "gateway": {"mcp": server_name, "request_sha256": digest, "arguments": shown}}
     key = _approved_waiting(caller.agent.pk, tool.resource, digest) or f"{MCP_KEY_PREFIX}{uuid.uuid4()}"
     action = ask(caller, tool.resource, context, key, action="tool.call")
     call = McpCall(action=action, server=server_name, tool=tool.name, url=server.url, timeout=server.timeout_seconds,

@@ -158,10 +158,11 @@ def mcp_tool_set(*, server: McpServer, by, name: str, description: str | None = 
     if not re.match(MCP_TOOL_NAME, name):
         raise ValidationError({"name": "An MCP tool name: 1 to 64 letters, digits, _ . or -."})
     resource = f"{server.name}/{name}"
-    tool = McpTool.objects.select_for_update().filter(server=server, name=name).first()
+    # One change of a server's tools at a time: two admins registering the same tool (or the 201st) meet here.
+    McpServer.objects.select_for_update().get(pk=server.pk)
+    tool = McpTool.objects.filter(server=server, name=name).first()
     created = tool is None
     if created:
-        McpServer.objects.select_for_update().get(pk=server.pk)  # one registration at a time: the count holds
         if McpTool.objects.filter(server=server).count() >= MAX_TOOLS:
             raise ValidationError({"tools": f"At most {MAX_TOOLS} tools per server."})
         tool = McpTool(server=server, name=name, description="", input_schema={"type": "object"},

@@ -231,12 +231,13 @@ def test_upstream_failures_are_failed_actions_charged_only_when_the_tool_may_hav
     timed_out = Action.objects.get(pk=error_of(slow)["action_id"])
     assert timed_out.status == "failed" and timed_out.actual_cost_micros == 1_000  # it may have run: charged
 
-    for status in (429, 500, 503):  # refused at the door: the upstream's status, nothing charged
+    for status, cost in ((429, 0), (503, 0), (500, 3_000)):
+        # 429 and 503 refuse at the door (nothing ran); a 500 after the call was sent may follow the tool's work.
         upstream.fail_status = status
         refused = mcp(lambda session: session.call_tool("broken", {}))
         assert (error_of(refused)["type"], error_of(refused)["status"]) == ("upstream_error", status)
         assert f"HTTP {status}" in refused.content[0].text
-        assert Action.objects.get(pk=error_of(refused)["action_id"]).actual_cost_micros == 0
+        assert Action.objects.get(pk=error_of(refused)["action_id"]).actual_cost_micros == cost
     assert upstream.refused == 3
     upstream.fail_status = None
 
@@ -248,7 +249,7 @@ def test_upstream_failures_are_failed_actions_charged_only_when_the_tool_may_hav
     unreachable = mcp(lambda session: session.call_tool("broken", {}))
     assert error_of(unreachable)["type"] == "upstream_unavailable"
     assert Action.objects.get(pk=error_of(unreachable)["action_id"]).actual_cost_micros == 0
-    assert sum(LedgerEntry.objects.values_list("cost_micros", flat=True)) == 3_000 + 1_000
+    assert sum(LedgerEntry.objects.values_list("cost_micros", flat=True)) == 3_000 + 3_000 + 1_000
     assert reserved_now() == 0
     assert [call["tool"] for call in upstream.calls] == ["broken", "slow"]
 
@@ -338,3 +339,16 @@ def test_an_unpriced_tool_is_registered_but_neither_listed_nor_forwarded(mcp, up
     refused = mcp(lambda session: session.call_tool("delete_everything", {}))
     assert error_of(refused)["type"] == "warden_denied" and "has no price" in refused.content[0].text
     assert upstream.calls == []
+
+
+def test_an_agents_own_context_is_never_shown_as_what_a_gateway_call_would_send(bot, policy, client_for):
+    from tests.conftest import ask
+
+    policy("all", "permit(principal, action, resource);")
+    policy("big-needs-security", '@escalate("security")\nforbid(principal, action, resource == Model::"gpt-4o");')
+    answer = ask(bot, resource="gpt-4o", context={"input_tokens": 10, "max_output_tokens": 5,
+                                                   "gateway": {"arguments": "{\"harmless\": true}"}})
+    assert answer.json()["outcome"] == "pending_approval"
+    approval = Approval.objects.get()
+    page = client_for("security").get(f"/approvals/{approval.pk}/").content.decode()
+    assert "What it would send" not in page and "harmless" not in page
