@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import logging
+import time
 import uuid
 import zoneinfo
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from agents.selectors import delegation_state
 from audit.services import Actor, audit_record
 from billing import services as billing
 
-from . import sql
+from . import metrics, sql
 from .context import current_correlation_id
 from .exceptions import Conflict
 from .dataviews import served_classification
@@ -353,6 +354,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
            denial: str | None = None) -> Action:
     now = timezone.now()
     action_id = uuid.uuid4()
+    started = time.perf_counter()
     # 1. Identity: the newest committed state, read inside this transaction.
     me = _snapshot(agent.pk, billing.period_start(now), key.pk if key is not None else None)
     judgement: Judgement | None = _deny(denial) if denial else None
@@ -408,6 +410,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
                 judgement = _deny(f"cannot delegate scopes it does not hold: {', '.join(sorted(widened))}")
 
     # 3. Policies, on Warden's own figures: its estimate, the registry's classification.
+    identified = time.perf_counter()
     estimate = billing.estimate_cost(action=action, resource=resource, cleaned=cleaned, at=now)
     local = _local_now()
     # What the request carries, and how sensitive data its receiver may get (governance/flow.py).
@@ -466,6 +469,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
             judgement = _deny(f"policy evaluation error: {type(exc).__name__}")
 
     # 4. Budget: reserve at every covering budget, or at none. Nothing unpriced waits for a person either.
+    judged = time.perf_counter()
     reserved = 0
     if judgement.outcome in (ActionOutcome.ALLOWED, ActionOutcome.PENDING_APPROVAL) and estimate.problem:
         judgement = _deny(estimate.problem)
@@ -480,6 +484,7 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
         else:
             reserved = reservation.micros
     reasons = [*judgement.reasons, *notes]
+    budgeted = time.perf_counter()
 
     fields = {
         "id": action_id, "agent_id": agent.pk, "key_id": key.pk if key is not None else None,
@@ -529,6 +534,12 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     # made has written to it first, so a fresh read sees it. Allow nothing on a withdrawn identity.
     if judgement.outcome != ActionOutcome.DENIED and not all(usable_now(agent.pk, key.pk if key is not None else None)):
         raise _Superseded
+    done = time.perf_counter()
+    # Counted once the decision is committed (never for one that rolled back).
+    transaction.on_commit(functools.partial(
+        metrics.decision, action=action, outcome=judgement.outcome, team=me.team, reserved=reserved,
+        stages={"identity": identified - started, "policy": judged - identified, "budget": budgeted - judged,
+                "audit": done - budgeted}))
     return record
 
 
@@ -657,6 +668,9 @@ def complete_action(*, action: Action, status: str, usage: dict | None = None, u
                  "declared_cost_micros": declared_cost_micros, "reserved_micros": record.reserved_micros,
                  **settlement},
     )
+    if actual:
+        transaction.on_commit(functools.partial(metrics.safely, metrics.SPENT.labels(
+            record.agent.team.name, record.resource[:100]).inc, actual))
     return record
 
 

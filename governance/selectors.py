@@ -227,3 +227,41 @@ def data_view_get(*, user, name) -> DataView:
         return data_view_list(user=user).get(name=name)
     except DataView.DoesNotExist:
         raise Http404("No such data view.") from None
+
+
+def metrics_state(*, now) -> dict:
+    """What /metrics reads from PostgreSQL at scrape time (governance/metrics.py): states, not events."""
+    import datetime as dt
+
+    from django.db.models import Count, Min
+
+    from agents.models import RUN_ACTIVE, Agent, AgentRun
+    from audit.models import AuditEvent, Checkpoint
+    from billing.models import BudgetPeriod
+    from billing.services import period_start
+
+    from .models import Approval
+
+    pending = Approval.objects.filter(status="pending")
+    by_group = dict(pending.values_list("group").annotate(count=Count("id")).order_by())
+    oldest = pending.aggregate(oldest=Min("created_at"))["oldest"]
+    runs = dict(AgentRun.objects.filter(status__in=RUN_ACTIVE).values_list("status").annotate(count=Count("id"))
+                .order_by())
+    budgets = {}
+    for period in (BudgetPeriod.objects.filter(budget__active=True, period_start=period_start(now))
+                   .select_related("budget__team", "budget__agent")):
+        budget = period.budget
+        name = {"team": f"team:{budget.team.name if budget.team else ''}",
+                "agent": f"agent:{budget.agent.name if budget.agent else ''}"}.get(budget.scope, budget.scope)
+        budgets[name] = (budget.monthly_limit_micros, period.spent_micros, period.reserved_micros)
+    checkpoint = Checkpoint.objects.order_by("-created_at").values_list("created_at", flat=True).first()
+    events = AuditEvent.objects.all() if checkpoint is None else AuditEvent.objects.filter(occurred_at__gt=checkpoint)
+    unchecked = events.order_by("occurred_at").values_list("occurred_at", flat=True).first()
+    return {
+        "pending_by_group": {group: count for group, count in by_group.items()},
+        "oldest_pending_seconds": max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+        "runs_by_status": {status: runs.get(status, 0) for status in RUN_ACTIVE},
+        "budgets": budgets,
+        "unchecked_seconds": max(0.0, (now - unchecked).total_seconds()) if unchecked else 0.0,
+        "agents_active": Agent.objects.filter(last_seen_at__gte=now - dt.timedelta(minutes=5)).count(),
+    }

@@ -384,6 +384,8 @@ WARDEN_DEMO_MCP_KEY = envstr("WARDEN_DEMO_MCP_KEY", "")
 WARDEN_DEMO_MCP_URL = envstr("WARDEN_DEMO_MCP_URL", "")  # where seed_demo registers it ("crm")
 WARDEN_DEMO_TRAFFIC = envbool("WARDEN_DEMO_TRAFFIC", True)  # beat starts the demo fleet's scheduled runs
 WARDEN_READINESS_TIMEOUT = envint("WARDEN_READINESS_TIMEOUT", 2)
+# /metrics (Prometheus) answers a scraper holding this token as a Bearer token; unset, it is not served.
+WARDEN_METRICS_TOKEN = envstr("WARDEN_METRICS_TOKEN", "")
 
 # --- logging: JSON in production, readable in development --------------------------
 

@@ -77,6 +77,30 @@ def healthz(request):
 
 @require_GET
 @never_cache
+def metrics(request):
+    """Prometheus metrics (governance/metrics.py), for a scraper holding WARDEN_METRICS_TOKEN as a Bearer token;
+    not served at all while no token is set."""
+    import hmac
+
+    from django.http import Http404, HttpResponse
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from .metrics import exposition
+
+    token = settings.WARDEN_METRICS_TOKEN
+    if not token:
+        raise Http404("metrics are not enabled (WARDEN_METRICS_TOKEN)")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        response = HttpResponse("a Bearer token (WARDEN_METRICS_TOKEN) is required\n", status=401,
+                                content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="warden-metrics"'
+        return response
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+@require_GET
+@never_cache
 def readyz(request):
     """Ready only when PostgreSQL and Redis both answer; 503 otherwise (fail closed)."""
     checks = readiness()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -297,6 +298,8 @@ class Stack:
         env.setdefault("WARDEN_DEMO_MCP_KEY", read_or_create(VAR / "demo_mcp_key", lambda: secrets.token_urlsafe(24)))
         env.setdefault("WARDEN_DEMO_MCP_URL", f"http://127.0.0.1:{WEB_PORT}/demo/mcp/")
         env.setdefault("WARDEN_MCP_UPSTREAM_KEYS", '{"crm": {"api_key_env": "WARDEN_DEMO_MCP_KEY"}}')
+        # /metrics answers a scraper with this token (README: Observability).
+        env.setdefault("WARDEN_METRICS_TOKEN", read_or_create(VAR / "metrics_token", lambda: secrets.token_urlsafe(24)))
         return env
 
     def down(self) -> None:
@@ -359,6 +362,13 @@ def stop_children(children: list[tuple[str, subprocess.Popen]]) -> None:
 
 def cmd_run(stack: Stack) -> int:
     env = stack.up()
+    # Every process (web, worker and its pool, beat) writes its metrics here; a scrape of web adds them up.
+    # Emptied at each start: counters begin again with the processes, as Prometheus expects.
+    if "PROMETHEUS_MULTIPROC_DIR" not in env:
+        metrics_dir = VAR / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     migrate(env)
     manage(env, "seed_demo")
     python = sys.executable

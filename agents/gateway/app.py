@@ -22,6 +22,7 @@ import contextvars
 import json
 import logging
 import math
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,6 +31,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
+from governance import metrics
 from governance.context import clean_correlation_id, correlation_scope, new_correlation_id
 
 from . import services
@@ -180,9 +182,12 @@ class Gateway:
     async def _forward(self, prepared, send):
         url, headers, timeout = self._request(prepared)
         action_id = prepared.action.pk
+        began = time.perf_counter()
         try:
             response = await self._client().post(url, content=prepared.payload, headers=headers, timeout=timeout)
         except httpx.HTTPError as error:
+            metrics.upstream("gateway", metrics.host(url), time.perf_counter() - began,
+                             "timeout" if isinstance(error, httpx.TimeoutException) else "connection")
             # Never sent (no connection): nothing was used. Sent and the answer lost (a read timeout, a dropped
             # connection): the upstream may have done the work and bill it: charge what was reserved.
             sent = not isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
@@ -193,6 +198,8 @@ class Gateway:
                                    action_id=str(action_id)) from None
             raise GatewayError(502, "upstream_unavailable", f"The model's upstream could not be reached: "
                                                             f"{type(error).__name__}.", action_id=str(action_id)) from None
+        metrics.upstream("gateway", metrics.host(url), time.perf_counter() - began,
+                         str(response.status_code) if response.status_code >= 400 else None)
         payload = _parsed(response.content)
         ok = response.status_code < 400 and isinstance(payload, dict)
         await self._thread(services.settle, action_id, succeeded=ok, usage=services.usage_of(payload),
@@ -206,10 +213,12 @@ class Gateway:
         action_id = prepared.action.pk
         counted = _StreamCount()
         started, held = False, b""
+        began, failure = time.perf_counter(), None
         try:
             async with self._client().stream("POST", url, content=prepared.payload, headers=headers,
                                              timeout=timeout) as response:
                 if response.status_code >= 400:
+                    failure = str(response.status_code)
                     content = await response.aread()
                     await self._thread(services.settle, action_id, succeeded=False,
                                        usage=services.usage_of(_parsed(content)),
@@ -234,6 +243,7 @@ class Gateway:
                                               usage=counted.usage(prepared), source="warden"))
             raise
         except (httpx.HTTPError, OSError) as error:
+            failure = "timeout" if isinstance(error, httpx.TimeoutException) else "broken"
             # Broken (or never started): settle what was streamed, as Warden counted it.
             usage = counted.usage(prepared)
             await self._thread(services.settle, action_id, succeeded=False, usage=usage,
@@ -249,6 +259,8 @@ class Gateway:
             await send({"type": "http.response.body", "more_body": False,
                         "body": held + tail + b"data: " + json.dumps(broken.body()).encode() + b"\n\n"})
             return
+        finally:
+            metrics.upstream("gateway", metrics.host(url), time.perf_counter() - began, failure)
         await self._thread(services.settle, action_id, succeeded=True, usage=counted.usage(prepared),
                            source="provider" if counted.reported else "warden")
         await send({"type": "http.response.body", "body": held, "more_body": False})

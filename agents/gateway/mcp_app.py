@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 import weakref
 
 import httpx
@@ -34,6 +35,8 @@ from .services import GatewayError
 logger = logging.getLogger(__name__)
 
 PREFIX = "/mcp/"
+# HTTP statuses that say the request was refused before anything ran: not charged. (500, 502 and 504 are.)
+NOT_RUN_STATUSES = {400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 429, 503}
 
 
 def _server():
@@ -116,7 +119,12 @@ class LazyManagers:
                     await asyncio.Event().wait()  # until the loop ends
 
             held = self._managers[loop] = (manager, loop.create_task(keep()), started)
-        await held[2].wait()
+        if not held[2].is_set():  # starting: wait for it, or for its failure
+            waiting = asyncio.ensure_future(held[2].wait())
+            await asyncio.wait([waiting, held[1]], return_when=asyncio.FIRST_COMPLETED)
+            if not held[2].is_set():
+                waiting.cancel()
+                raise GatewayError(503, "unavailable", "Warden's MCP gateway could not start; try again.")
         return held[0]
 
 
@@ -189,9 +197,12 @@ class McpFront:
         from mcp.client.streamable_http import streamable_http_client
         from mcp.shared.exceptions import McpError
 
+        from governance import metrics
+
         action_id = call.action.pk
         timeout = dt.timedelta(seconds=call.timeout)
         sent = False
+        began = time.perf_counter()
         try:
             async with httpx.AsyncClient(headers={**call.headers, "X-Warden-Action": str(action_id)},
                                          timeout=httpx.Timeout(call.timeout, connect=min(10, call.timeout)),
@@ -211,12 +222,17 @@ class McpFront:
             code = error.error.code if error is not None else None
             refused = _find(raised, httpx.HTTPStatusError)
             status = refused.response.status_code if refused is not None else None
-            # Never asked (no connection, no session), refused at the door (an HTTP error status: 429, 5xx, a
-            # bad credential), or refused as a request the tool never ran on (unknown method or tool, bad
-            # parameters): nothing was used. Anything else after the call was sent (an error answer, a timeout,
-            # a broken connection): the tool may have run, so the call is charged.
-            charged = sent and status is None and code not in (types.METHOD_NOT_FOUND, types.INVALID_PARAMS,
-                                                               types.INVALID_REQUEST)
+            # Never asked (no connection, no session), refused at the door (429, 503, a 4xx: a bad credential,
+            # an unknown path), or refused as a request the tool never ran on (unknown method or tool, bad
+            # parameters): nothing was used. Anything else after the call was sent (an error answer, a 500,
+            # 502 or 504 from the server or a proxy, a timeout, a broken connection): the tool may have run, or
+            # may be running, so the call is charged.
+            # (An HTTP 404 after initialize comes from the SDK as code +32600, "session terminated".)
+            charged = sent and status not in NOT_RUN_STATUSES and code not in (
+                types.METHOD_NOT_FOUND, types.INVALID_PARAMS, types.INVALID_REQUEST, -types.INVALID_REQUEST)
+            metrics.upstream("mcp", call.server, time.perf_counter() - began,
+                             str(status) if status else "timeout" if _find(raised, TimeoutError) or code ==
+                             httpx.codes.REQUEST_TIMEOUT else "error")
             settling = self.thread(state, services.settle, action_id, succeeded=False,
                                    usage={"calls": 1 if charged else 0}, source="warden", upstream_status=status)
             if _find(raised, asyncio.CancelledError) is not None or not isinstance(raised, Exception):
@@ -235,6 +251,7 @@ class McpFront:
                                f"{call.server} did not answer in time." if timed_out else
                                f"{call.server} could not be reached or broke off the call.",
                                action_id=str(action_id)) from None
+        metrics.upstream("mcp", call.server, time.perf_counter() - began, "tool_error" if result.isError else None)
         # A tool error (isError) is the tool's own answer: it ran, so the call is charged; the Action failed.
         await self.thread(state, services.settle, action_id, succeeded=not result.isError, usage={"calls": 1},
                           source="warden")

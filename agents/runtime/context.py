@@ -684,6 +684,17 @@ class Context:
         step.save(update_fields=["status", "error", "error_kind", "finished_at", "reasons", "action", *extra])
         AgentRun.objects.filter(pk=self._run.pk).update(steps_done=F("steps_done") + 1, heartbeat_at=now)
         self._changed(step)
+        from django.db import transaction
+
+        from governance.metrics import STEP_SECONDS, STEPS, safely
+
+        kind, seconds = str(step.kind), (step.duration_ms or 0) / 1000
+
+        def counted():
+            STEPS.labels(kind, status).inc()
+            STEP_SECONDS.labels(kind).observe(seconds)
+
+        transaction.on_commit(lambda: safely(counted))
 
     def _changed(self, step: RunStep) -> None:
         from .live import run_changed_on_commit

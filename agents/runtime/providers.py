@@ -156,8 +156,17 @@ def chat(*, action_id, agent_id, model: str, messages: list[dict], max_tokens: i
     upstream = upstream or upstream_for(model)
     if upstream.kind == SIMULATED:
         return simulated_chat(model=model, messages=messages, max_tokens=max_tokens, response_schema=response_schema)
-    return openai_chat(upstream, action_id=action_id, messages=messages, max_tokens=max_tokens,
-                       response_schema=response_schema)
+    from governance import metrics
+
+    began, error = time.perf_counter(), None
+    try:
+        return openai_chat(upstream, action_id=action_id, messages=messages, max_tokens=max_tokens,
+                           response_schema=response_schema)
+    except ProviderError as failed:
+        error = str(failed.status or "error")
+        raise
+    finally:
+        metrics.upstream("provider", metrics.host(upstream.base_url), time.perf_counter() - began, error)
 
 
 # --- OpenAI-compatible over HTTP ------------------------------------------------------------------

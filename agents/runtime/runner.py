@@ -137,6 +137,20 @@ def _execute(run: AgentRun) -> str:
 
 
 @transaction.atomic
+def _count_end(run: AgentRun, status: str, now) -> None:
+    from django.db import transaction
+
+    from governance.metrics import RUN_SECONDS, RUNS_ENDED, safely
+
+    seconds = max(0.0, (now - (run.started_at or run.created_at)).total_seconds())
+
+    def counted():
+        RUNS_ENDED.labels(status).inc()
+        RUN_SECONDS.labels(status).observe(seconds)
+
+    transaction.on_commit(lambda: safely(counted))
+
+
 def _finish(run: AgentRun, status: str, *, result=None, error: str = "") -> str:
     now = timezone.now()
     error = clean_value(error[:4000])  # a program's words: no NUL, no lone surrogate
@@ -158,6 +172,7 @@ def _finish(run: AgentRun, status: str, *, result=None, error: str = "") -> str:
                  payload={"run_id": str(run.pk), "program": run.program, "steps": run.steps_done,
                           "result": summary(result, 500) if result is not None else ""})
     run_changed_on_commit(run.pk, status=status)
+    _count_end(run, status, now)
     if run.parent_id is not None:
         from .services import child_ended
 
