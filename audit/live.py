@@ -38,6 +38,9 @@ def publish_on_commit(event_id: int) -> None:
 
 
 def _enqueue(event_id: int) -> None:
+    from governance.metrics import AUDIT_EVENTS, safely
+
+    safely(AUDIT_EVENTS.inc)  # a committed event (this runs on commit)
     global _thread
     if _thread is None or not _thread.is_alive():
         with _lock:

@@ -170,21 +170,8 @@ def audit_record(
             [*(Jsonb(fields[name]) if name in JSON_FIELDS else fields[name] for name in EVENT_COLUMNS), fields["hash"], chain],
         )
         event_id = cursor.fetchone()[0]
-    publish_on_commit(event_id)
-    transaction.on_commit(_counted_agent if agent is not None else _counted_global)
+    publish_on_commit(event_id)  # also counts it (governance/metrics.py), once committed
     return as_saved(AuditEvent, {"id": event_id, **fields})
-
-
-def _counted_agent():
-    from governance.metrics import AUDIT_EVENTS, safely
-
-    safely(AUDIT_EVENTS.labels("agent").inc)
-
-
-def _counted_global():
-    from governance.metrics import AUDIT_EVENTS, safely
-
-    safely(AUDIT_EVENTS.labels("global").inc)
 
 
 @transaction.atomic

@@ -536,10 +536,13 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
         raise _Superseded
     done = time.perf_counter()
     # Counted once the decision is committed (never for one that rolled back).
-    transaction.on_commit(functools.partial(
-        metrics.decision, action=action, outcome=judgement.outcome, team=me.team, reserved=reserved,
-        stages={"identity": identified - started, "policy": judged - identified, "budget": budgeted - judged,
-                "audit": done - budgeted}))
+    stages = {"identity": identified - started, "policy": judged - identified, "budget": budgeted - judged,
+              "audit": done - budgeted}
+
+    def counted():
+        metrics.decision(action=action, outcome=judgement.outcome, team=me.team, reserved=reserved, stages=stages)
+
+    transaction.on_commit(counted)
     return record
 
 
@@ -669,8 +672,12 @@ def complete_action(*, action: Action, status: str, usage: dict | None = None, u
                  **settlement},
     )
     if actual:
-        transaction.on_commit(functools.partial(metrics.safely, metrics.SPENT.labels(
-            record.agent.team.name, record.resource[:100]).inc, actual))
+        team, spent_on = record.agent.team.name, record.resource[:100]
+
+        def counted():
+            metrics.safely(lambda: metrics.SPENT.labels(team, spent_on).inc(actual))
+
+        transaction.on_commit(counted)
     return record
 
 

@@ -31,7 +31,7 @@ GATE_STAGE_SECONDS = Histogram("warden_gate_stage_seconds", "Time of each step o
 RESERVED = Counter("warden_reserved_micros", "Micro-dollars reserved by allowed actions, by team.", ["team"])
 SPENT = Counter("warden_spent_micros", "Micro-dollars charged at completion, by team and model or tool.",
                 ["team", "resource"])
-AUDIT_EVENTS = Counter("warden_audit_events", "Audit events appended.", ["chain"])
+AUDIT_EVENTS = Counter("warden_audit_events", "Audit events appended (committed).")
 RUNS_ENDED = Counter("warden_runs_ended", "Agent runs that ended, by status.", ["status"])
 RUN_SECONDS = Histogram("warden_run_seconds", "Duration of agent runs that ended.", ["status"], buckets=SLOW)
 STEPS = Counter("warden_run_steps", "Run steps finished, by kind and outcome.", ["kind", "outcome"])

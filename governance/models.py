@@ -341,3 +341,36 @@ class ApprovalDecision(models.Model):
     class Meta:
         ordering = ["decided_at", "id"]
         constraints = [models.UniqueConstraint(fields=["approval", "decided_by"], name="one_verdict_per_person")]
+
+
+class AlertKind(models.TextChoices):
+    SPEND_RATE = "spend_rate", "spend rate"
+    DENIAL_RATE = "denial_rate", "denial rate"
+    NEW_RESOURCE = "new_resource", "first use"
+    BURST = "burst", "call burst"
+    FAILING_RUNS = "failing_runs", "runs failing"
+
+
+class Alert(models.Model):
+    """An agent behaving unlike itself (governance/anomalies.py): one per agent, rule and window (`key`)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=16, choices=AlertKind.choices)
+    agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, related_name="alerts")
+    key = models.CharField(max_length=200, unique=True)
+    title = models.CharField(max_length=200)
+    normal = models.CharField(max_length=500)  # what this agent usually does
+    observed = models.CharField(max_length=500)  # what it did
+    evidence = models.CharField(max_length=500)  # a console path to what shows it
+    details = models.JSONField(default=dict)
+    suspended = models.BooleanField(default=False)  # the rule suspended the agent
+    created_at = models.DateTimeField()
+    emailed_at = models.DateTimeField(null=True, blank=True)
+    webhook_status = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["agent", "-created_at"]), models.Index(fields=["-created_at"])]
+
+    def __str__(self) -> str:
+        return self.title

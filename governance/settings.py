@@ -200,6 +200,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "expire-audit-exports": {"task": "audit.exports_sweep", "schedule": 3600.0},
     "expire-approvals": {"task": "governance.approvals_expire", "schedule": 60.0},
     "remind-approvers": {"task": "governance.approvals_remind", "schedule": 300.0},
+    "detect-anomalies": {"task": "governance.anomaly_scan", "schedule": 60.0},
 }
 
 # --- security -----------------------------------------------------------------
@@ -209,7 +210,7 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True
 SECURE_SSL_REDIRECT = envbool("WARDEN_SECURE_SSL_REDIRECT", not DEBUG)
 # Probes from a load balancer or orchestrator speak plain HTTP inside the network.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = envint("WARDEN_HSTS_SECONDS", 0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("WARDEN_HSTS_INCLUDE_SUBDOMAINS", True)
 SECURE_HSTS_PRELOAD = envbool("WARDEN_HSTS_PRELOAD", not DEBUG)
@@ -324,6 +325,11 @@ WARDEN_SPIKE_FACTOR = envint("WARDEN_SPIKE_FACTOR", 4)
 WARDEN_SPIKE_MIN_MICROS = envint("WARDEN_SPIKE_MIN_MICROS", 1_000_000)
 WARDEN_ALERT_WEBHOOK_URL = envstr("WARDEN_ALERT_WEBHOOK_URL")
 WARDEN_ALERT_WEBHOOK_SECRET = envstr("WARDEN_ALERT_WEBHOOK_SECRET")
+# Anomaly rules (governance/anomalies.py): JSON merged over DEFAULT_RULES, e.g.
+# {"spend_rate": {"factor": 5, "suspend": true}, "burst": {"enabled": false}}.
+WARDEN_ANOMALY_RULES = envstr("WARDEN_ANOMALY_RULES", "{}")
+# Where people reach the console, for links in e-mails and webhooks (empty: links are paths).
+WARDEN_PUBLIC_URL = envstr("WARDEN_PUBLIC_URL", "")
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
 EMAIL_PORT = envint("EMAIL_PORT", 25)

@@ -23,3 +23,17 @@ def approvals_expire_task() -> int:
 @shared_task(name="governance.approvals_remind")
 def approvals_remind_task() -> int:
     return approvals.approvals_remind()
+
+
+@shared_task(name="governance.anomaly_scan")
+def anomaly_scan_task() -> int:
+    from .anomalies import anomaly_scan
+
+    return len(anomaly_scan())
+
+
+@shared_task(name="governance.alert_deliver", autoretry_for=(ConnectionError,), retry_backoff=30, max_retries=5)
+def alert_deliver(alert_id: str) -> None:
+    from .anomalies import deliver
+
+    deliver(alert_id)

@@ -1,0 +1,96 @@
+"""Anomaly alerts: an agent measured against its own history. A spend jump and a first use of an expensive
+model make one alert each, however many requests show them; an agent behaving as usual makes none."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from billing.models import LedgerEntry
+from governance.anomalies import anomaly_scan
+from governance.models import Action, Alert
+from tests.conftest import ask
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SMALL = {"input_tokens": 1_000, "max_output_tokens": 200}
+BIG = {"input_tokens": 100_000, "max_output_tokens": 10_000}
+
+
+def call(client, model: str, context: dict) -> Action:
+    answer = ask(client, resource=model, context=context)
+    assert answer.status_code == 201 and answer.json()["outcome"] == "allowed", answer.content
+    action_id = answer.json()["id"]
+    done = client.post(f"/api/v1/actions/{action_id}/complete/",
+                       {"status": "succeeded", "usage": {"input_tokens": context["input_tokens"],
+                                                         "output_tokens": context["max_output_tokens"]}},
+                       format="json")
+    assert done.status_code == 200, done.content
+    return Action.objects.get(pk=action_id)
+
+
+def history(client, model: str, count: int, days: int = 7) -> None:
+    """The agent's usual week: `count` small calls, spread back over `days` days (as if made then)."""
+    now = timezone.now()
+    for number in range(count):
+        action = call(client, model, SMALL)
+        when = now - dt.timedelta(days=days) + dt.timedelta(hours=number * (days * 24 - 2) / count)
+        Action.objects.filter(pk=action.pk).update(created_at=when, allowed_at=when, completed_at=when)
+        LedgerEntry.objects.filter(action=action).update(occurred_at=when)
+
+
+@pytest.fixture
+def usual(bot, policy):
+    policy("all", "permit(principal, action, resource);")
+    history(bot, "gpt-4o-mini", 30)
+    return bot
+
+
+def test_a_spend_jump_on_a_new_expensive_model_makes_one_alert_of_each(usual, make_agent, agent_client, settings,
+                                                                      eager_tasks, mailoutbox, personas):
+    personas["security"].email = "security@example.test"
+    personas["security"].save()
+    usual.agent.owner.email = "owner@example.test"
+    usual.agent.owner.save()
+    calm = agent_client(make_agent("calm", allowed_models=["gpt-4o-mini"]))
+    history(calm, "gpt-4o-mini", 30)
+    assert anomaly_scan() == []  # the usual week is not an anomaly
+
+    for _ in range(12):  # one request after another, scanned after each (as beat would, more often)
+        call(usual, "gpt-4o", BIG)
+        call(calm, "gpt-4o-mini", SMALL)
+        anomaly_scan()
+    alerts = {alert.kind: alert for alert in Alert.objects.all()}
+    assert sorted(alerts) == ["new_resource", "spend_rate"] and Alert.objects.count() == 2
+    assert {alert.agent.name for alert in alerts.values()} == {"bot"}
+    spend = alerts["spend_rate"]
+    assert "usual rate" in spend.title and "per 60 minutes" in spend.normal and spend.observed.startswith("$")
+    # Raised at the first expensive call (over the minimum and the usual rate), and not again for the next 11.
+    first_big = LedgerEntry.objects.filter(agent=usual.agent, resource="gpt-4o").order_by("occurred_at").first()
+    assert spend.details["spent_micros"] == first_big.cost_micros
+    first = alerts["new_resource"]
+    assert first.details["resource"] == "gpt-4o" and "gpt-4o-mini" in first.normal
+    assert first.evidence.startswith("/audit/?agent=bot")
+    assert AuditEvent.objects.filter(action="anomaly.detected").count() == 2
+    titles = {f"[Warden] {alert.title}" for alert in alerts.values()}
+    sent = [message for message in mailoutbox if message.subject in titles]  # (finance hears of its spike too)
+    assert [sorted(message.to) for message in sent] == [["owner@example.test", "security@example.test"]] * 2
+    assert "Evidence: /audit/?agent=bot" in sent[0].body
+    assert Alert.objects.filter(emailed_at__isnull=False).count() == 2
+    assert usual.agent.__class__.objects.get(pk=usual.agent.pk).status == "active"  # suspension is off by default
+
+
+def test_a_rule_may_suspend_the_agent(usual, settings, eager_tasks):
+    settings.WARDEN_ANOMALY_RULES = '{"spend_rate": {"suspend": true}, "new_resource": {"enabled": false}}'
+    for _ in range(3):
+        call(usual, "gpt-4o", BIG)
+    (alert,) = anomaly_scan()
+    assert alert.kind == "spend_rate"
+    usual.agent.refresh_from_db()
+    assert usual.agent.status == "suspended" and "anomaly" in usual.agent.status_reason
+    assert Alert.objects.get().suspended
+    denied = ask(usual, resource="gpt-4o-mini", context=SMALL)
+    assert denied.json()["outcome"] == "denied"
