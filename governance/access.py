@@ -39,6 +39,8 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     # MCP servers behind the gateway (agents/gateway/registry.py): everyone reads; admins register them.
     "mcp.view": frozenset({ADMIN, FINANCE, SECURITY, VIEWER}),
     "mcp.manage": frozenset({ADMIN}),
+    # Anomaly alerts (governance/anomalies.py): security watches agents, admins run them, finance pays for them.
+    "alert.view": frozenset({ADMIN, FINANCE, SECURITY}),
 }
 
 

@@ -265,3 +265,70 @@ def metrics_state(*, now) -> dict:
         "unchecked_seconds": max(0.0, (now - unchecked).total_seconds()) if unchecked else 0.0,
         "agents_active": Agent.objects.filter(last_seen_at__gte=now - dt.timedelta(minutes=5)).count(),
     }
+
+
+def fleet_overview(*, user, now) -> dict:
+    """The home page: what the fleet is doing now, as far as this person may see (each part by capability)."""
+    import calendar
+    import datetime as dt
+
+    from django.db.models import Count, Max, Min, Sum
+    from django.db.models.functions import TruncMinute
+
+    from agents.models import RUN_ACTIVE, Agent, AgentRun
+    from billing.models import BudgetPeriod, LedgerEntry
+    from billing.services import period_start
+
+    from .access import can
+    from .models import Action, Alert, Approval
+
+    overview: dict = {"now": now}
+    since = now - dt.timedelta(minutes=30)
+    overview["agents_active"] = Agent.objects.filter(last_seen_at__gte=now - dt.timedelta(minutes=5)).count()
+    overview["agents_total"] = Agent.objects.filter(status="active").count()
+    per_minute = (Action.objects.filter(created_at__gte=since).annotate(minute=TruncMinute("created_at"))
+                  .values("minute", "outcome").annotate(count=Count("id")))
+    minutes = [since.replace(second=0, microsecond=0) + dt.timedelta(minutes=i) for i in range(1, 31)]
+    series = {outcome: {minute: 0 for minute in minutes} for outcome in ("allowed", "denied", "pending_approval")}
+    for row in per_minute:
+        if row["outcome"] in series and row["minute"] in series[row["outcome"]]:
+            series[row["outcome"]][row["minute"]] = row["count"]
+    overview["decisions"] = {outcome: list(values.values()) for outcome, values in series.items()}
+    last = now - dt.timedelta(minutes=5)
+    recent = dict(Action.objects.filter(created_at__gte=last).values_list("outcome").annotate(count=Count("id"))
+                  .order_by())
+    overview["per_minute"] = {outcome: round(recent.get(outcome, 0) / 5, 1)
+                              for outcome in ("allowed", "denied", "pending_approval")}
+    overview["per_minute_total"] = round(sum(recent.values()) / 5, 1)
+    if can(user, "approval.view"):
+        pending = approval_list(user=user).filter(status="pending")
+        overview["approvals"] = {"count": pending.count(),
+                                 "oldest": pending.aggregate(oldest=Min("created_at"))["oldest"]}
+    if can(user, "run.view"):
+        overview["runs"] = {
+            "active": AgentRun.objects.filter(status__in=RUN_ACTIVE).count(),
+            "waiting": AgentRun.objects.filter(status="waiting_approval").count(),
+            "failed_today": AgentRun.objects.filter(status="failed", finished_at__gte=now - dt.timedelta(hours=24))
+            .count()}
+    if can(user, "budget.view"):
+        month = period_start(now)
+        days = calendar.monthrange(month.year, month.month)[1]
+        elapsed = max((now.date() - month).days + (now.hour * 3600 + now.minute * 60) / 86400, 1 / 24)
+        budgets = []
+        for period in (BudgetPeriod.objects.filter(budget__active=True, period_start=month)
+                       .select_related("budget__team", "budget__agent").order_by("budget__scope", "budget_id")):
+            budget = period.budget
+            forecast = int(period.spent_micros * days / elapsed)
+            limit = budget.monthly_limit_micros
+            budgets.append({"budget": budget, "spent": period.spent_micros, "reserved": period.reserved_micros,
+                            "limit": limit, "forecast": forecast,
+                            "percent": min(100, period.spent_micros * 100 // limit) if limit else 100,
+                            "forecast_percent": min(100, forecast * 100 // limit) if limit else 100,
+                            "over": forecast > limit})
+        overview["budgets"] = budgets
+        overview["top_spenders"] = list(
+            LedgerEntry.objects.filter(period_start=month).values("agent_id", "agent_name", "team")
+            .annotate(spent=Sum("cost_micros"), last=Max("occurred_at")).order_by("-spent")[:5])
+    if can(user, "alert.view"):
+        overview["alerts"] = list(Alert.objects.select_related("agent").order_by("-created_at")[:5])
+    return overview

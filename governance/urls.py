@@ -24,6 +24,7 @@ section_patterns = [
     path("approvals/<uuid:approval_id>/approve/", views.approval_decide, {"verdict": "approve"}, name="approval-approve"),
     path("approvals/<uuid:approval_id>/deny/", views.approval_decide, {"verdict": "deny"}, name="approval-deny"),
     path("data-views/", views.data_view_list, name="data-views"),
+    path("alerts/", views.alert_list, name="alerts"),
     path("data-views/<slug:name>/", views.data_view_edit, name="data-view-edit"),
 ]
 

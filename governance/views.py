@@ -110,8 +110,44 @@ def readyz(request):
 
 @login_required
 def home(request):
+    """The fleet overview: it refreshes itself (htmx, every few seconds) with what this person may see."""
     sections = [(label, url) for label, url, capability in SECTIONS if can(request.user, capability)]
-    return render(request, "governance/home.html", {"sections": sections, "groups": sorted(user_groups(request.user))})
+    overview = selectors.fleet_overview(user=request.user, now=timezone.now()) if sections else {}
+    context = {"sections": sections, "groups": sorted(user_groups(request.user)), "o": overview,
+               "can_audit": can(request.user, "audit.view"),
+               "chart": _decision_bars(overview.get("decisions")) if sections else []}
+    template = "governance/home.html#fleet" if request.htmx else "governance/home.html"
+    return render(request, template, context)
+
+
+@require("alert.view")
+def alert_list(request):
+    """Every anomaly alert, newest first (governance/anomalies.py)."""
+    from .models import Alert
+
+    alerts = Alert.objects.select_related("agent").order_by("-created_at")
+    agent = request.GET.get("agent", "")
+    if agent:
+        alerts = alerts.filter(agent__name=agent[:64])
+    return render(request, "governance/alert_list.html", {"alerts": alerts[:200], "agent": agent[:64]})
+
+
+def _decision_bars(decisions: dict | None) -> list[dict]:
+    """Stacked bars (allowed, pending, denied) per minute, scaled to a 100-unit-high chart."""
+    if not decisions:
+        return []
+    minutes = len(decisions["allowed"])
+    totals = [sum(decisions[outcome][i] for outcome in decisions) for i in range(minutes)]
+    top = max(totals) or 1
+    bars = []
+    for i in range(minutes):
+        y, parts = 100, []
+        for outcome in ("allowed", "pending_approval", "denied"):
+            height = round(decisions[outcome][i] * 100 / top, 1)
+            y -= height
+            parts.append({"outcome": outcome, "y": round(y, 1), "height": height, "count": decisions[outcome][i]})
+        bars.append({"x": i * 10 + 1, "parts": parts, "total": totals[i], "ago": minutes - i})
+    return bars
 
 
 def approval_rows(user, approvals) -> list[dict]:
