@@ -6,7 +6,7 @@ WORKDIR /app
 COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY . .
-RUN useradd --system --home /app warden && chown -R warden /app && mkdir /data && chown warden /data
+RUN useradd --system --home /app warden && chown -R warden /app && mkdir /data /metrics && chown warden /data /metrics
 USER warden
 EXPOSE 8000
 CMD ["uvicorn", "governance.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]

@@ -362,15 +362,15 @@ def stop_children(children: list[tuple[str, subprocess.Popen]]) -> None:
 
 def cmd_run(stack: Stack) -> int:
     env = stack.up()
-    # Every process (web, worker and its pool, beat) writes its metrics here; a scrape of web adds them up.
-    # Emptied at each start: counters begin again with the processes, as Prometheus expects.
+    migrate(env)
+    manage(env, "seed_demo")
+    # Then every process (web, worker and its pool, beat) writes its metrics here; a scrape of web adds them up.
+    # (Migrations and seeding count nothing there.) Emptied at each start: counters begin again with the processes, as Prometheus expects.
     if "PROMETHEUS_MULTIPROC_DIR" not in env:
         metrics_dir = VAR / "prometheus"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    migrate(env)
-    manage(env, "seed_demo")
     python = sys.executable
     web_workers = env.get("WARDEN_WEB_WORKERS", "1")
     commands = [
