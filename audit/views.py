@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
@@ -40,6 +41,7 @@ def timeline(request):
 def trace(request, correlation_id):
     return render(request, "audit/trace.html", {
         "correlation_id": correlation_id, "roots": selectors.trace(user=request.user, correlation_id=correlation_id),
+        "trace_viewer": bool(settings.WARDEN_TRACE_URL),
     })
 
 

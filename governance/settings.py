@@ -330,6 +330,9 @@ WARDEN_ALERT_WEBHOOK_SECRET = envstr("WARDEN_ALERT_WEBHOOK_SECRET")
 WARDEN_ANOMALY_RULES = envstr("WARDEN_ANOMALY_RULES", "{}")
 # Where people reach the console, for links in e-mails and webhooks (empty: links are paths).
 WARDEN_PUBLIC_URL = envstr("WARDEN_PUBLIC_URL", "")
+# The trace viewer's page of one trace, e.g. http://localhost:16686/trace/{trace_id} (Jaeger): the audit trace page
+# links each event's trace there. Traces are exported by the standard OTEL_* variables (governance/telemetry.py).
+WARDEN_TRACE_URL = envstr("WARDEN_TRACE_URL", "")
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
 EMAIL_PORT = envint("EMAIL_PORT", 25)
@@ -404,7 +407,7 @@ LOGGING = {
     "formatters": {
         "json": {"()": "governance.logging.JsonFormatter"},
         "text": {
-            "format": "%(asctime)s %(levelname)-7s %(name)s [%(correlation_id)s] %(message)s",
+            "format": "%(asctime)s %(levelname)-7s %(name)s [%(correlation_id)s trace=%(trace_id)s] %(message)s",
         },
     },
     "handlers": {

@@ -40,6 +40,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit.services import audit_record
+from governance.telemetry import tracer
 from governance.exceptions import Conflict
 from governance.flow import Flow, merge
 from governance.gate import RUNTIME_KEY_PREFIX, actions_cancel, complete_action, request_action
@@ -91,7 +92,9 @@ def _infrastructure(method):
         if self._signal is not None:
             raise self._signal
         try:
-            return method(self, *args, **kwargs)
+            with tracer.start_as_current_span(f"run.step.{method.__name__}") as span:
+                span.set_attribute("warden.run_id", str(self._run.pk))
+                return method(self, *args, **kwargs)
         except DatabaseError as error:
             self._signal = Infrastructure(error)
         except SoftTimeLimitExceeded:

@@ -152,6 +152,16 @@ class ProviderError(Exception):
 def chat(*, action_id, agent_id, model: str, messages: list[dict], max_tokens: int,
          response_schema: dict | None = None, upstream: Upstream | None = None) -> Answer:
     """Send one chat completion for an allowed action; the upstream's answer and usage."""
+    from governance.telemetry import tracer
+
+    with tracer.start_as_current_span("provider.chat") as span:
+        span.set_attribute("warden.model", model)
+        span.set_attribute("warden.action_id", str(action_id))
+        return _chat(action_id=action_id, agent_id=agent_id, model=model, messages=messages, max_tokens=max_tokens,
+                     response_schema=response_schema, upstream=upstream)
+
+
+def _chat(*, action_id, agent_id, model, messages, max_tokens, response_schema, upstream) -> Answer:
     require_allowed(action_id, action="llm.call", resource=model, agent_id=agent_id)
     upstream = upstream or upstream_for(model)
     if upstream.kind == SIMULATED:

@@ -66,6 +66,15 @@ def run_is_held(run_id) -> bool:
 
 
 def run_advance(run_id) -> str:
+    """One turn of a run on a worker (a span of its own, in the trace of the request that started the run)."""
+    from governance.telemetry import tracer
+
+    with tracer.start_as_current_span("run.advance") as span:
+        span.set_attribute("warden.run_id", str(run_id))
+        return _advance(run_id)
+
+
+def _advance(run_id) -> str:
     with run_lock(run_id) as held:
         if not held:
             return "busy"

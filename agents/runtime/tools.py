@@ -191,5 +191,10 @@ def check_args(tool: Tool, args: dict) -> None:
 
 def execute(*, tool: Tool, args: dict, action_id, agent_id) -> dict:
     """Run the tool for an allowed action; its result (or ToolError)."""
+    from governance.telemetry import tracer
+
     require_allowed(action_id, action=tool.action, resource=tool.resource_for(args), agent_id=agent_id)
-    return tool.run(args)
+    with tracer.start_as_current_span("tool.call") as span:
+        span.set_attribute("warden.tool", tool.name)
+        span.set_attribute("warden.action_id", str(action_id))
+        return tool.run(args)

@@ -75,7 +75,7 @@ def fleet(tmp_path, runtime_settings):
         queue.stop()
 
 
-def test_counters_from_two_web_processes_and_a_worker_add_up_in_one_scrape(fleet, runner_agent):
+def test_counters_from_two_web_processes_and_a_worker_add_up_in_one_scrape(fleet, runner_agent, personas):
     from agents.services import agent_key_issue
 
     (first, second), group = fleet
@@ -89,8 +89,15 @@ def test_counters_from_two_web_processes_and_a_worker_add_up_in_one_scrape(fleet
     denied = {**ask, "resource": "claude-opus"}  # not in its allowed models
     assert httpx.post(f"http://127.0.0.1:{second}/api/v1/actions/", json=denied, headers=key).json()["outcome"] \
         == "denied"
-    # A run, started on the first web process and carried out by the worker: its steps are judged there.
-    run = _start_run(agent)
+    # A run, started over the API on the first web process and carried out by the worker: its steps are judged
+    # there, in the trace of the request that started it (the context travels in the task's headers).
+    from governance.services import api_token_issue
+
+    _, admin = api_token_issue(user=personas["admin"], name="metrics test")
+    started = httpx.post(f"http://127.0.0.1:{first}/api/v1/agents/{agent.pk}/runs/", json={"objective": "3"},
+                         headers={"Authorization": f"Bearer {admin}"})
+    assert started.status_code == 201, started.text
+    run = AgentRun.objects.get(pk=started.json()["id"])
     wait_until(lambda: AgentRun.objects.get(pk=run.pk).status == "succeeded", timeout=90,
                message="the worker did not finish the run", logs=group.logs)
 
@@ -109,11 +116,12 @@ def test_counters_from_two_web_processes_and_a_worker_add_up_in_one_scrape(fleet
         assert total(samples, "warden_spent_micros_total") == sum(
             Action.objects.exclude(actual_cost_micros=None).values_list("actual_cost_micros", flat=True))
         assert total(samples, "warden_runs", status="running") == 0  # read from the database at the scrape
+    # One trace from the request to the worker's steps (audit events carry the trace id).
+    from audit.models import AuditEvent
+
+    start_event = AuditEvent.objects.get(action="run.start", resource=f"run:{run.pk}")
+    step_events = AuditEvent.objects.filter(action="gate.llm.call", correlation_id=run.correlation_id)
+    assert len(start_event.trace_id) == 32 and step_events.count() == worker_steps
+    assert set(step_events.values_list("trace_id", flat=True)) == {start_event.trace_id}
     unauthorised = httpx.get(f"http://127.0.0.1:{first}/metrics", headers={"Authorization": "Bearer wrong"})
     assert unauthorised.status_code == 401 and "warden_" not in unauthorised.text
-
-
-def _start_run(agent):
-    from agents.runtime.services import run_start
-
-    return run_start(agent=agent, objective="3", by=agent.owner)
