@@ -19,8 +19,10 @@ says what was normal and what happened, with a link to the evidence.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -32,12 +34,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RULES = {
     "spend_rate": {"enabled": True, "window_minutes": 60, "baseline_days": 7, "factor": 3, "min_micros": 100_000,
-                   "suspend": False},
+                   "min_history_hours": 24, "suspend": False},
     "denial_rate": {"enabled": True, "window_minutes": 60, "baseline_days": 7, "min_requests": 10,
                     "min_percent": 50, "factor": 3, "suspend": False},
     "new_resource": {"enabled": True, "baseline_days": 30, "min_history": 20, "suspend": False},
     "burst": {"enabled": True, "window_seconds": 60, "baseline_days": 7, "factor": 10, "min_requests": 30,
-              "suspend": False},
+              "min_history_hours": 24, "suspend": False},
     "failing_runs": {"enabled": True, "in_a_row": 3, "suspend": False},
 }
 
@@ -67,6 +69,21 @@ class Finding:
     details: dict
 
 
+def _history(agent, since: dt.datetime, base_from: dt.datetime, rule) -> dt.timedelta | None:
+    """How much of the baseline the agent has lived (from its first request in it), or None if less than the rule's
+    minimum: a young agent has no usual yet, and its first busy hour is not an anomaly."""
+    from django.db.models import Min
+
+    from .models import Action
+
+    first = Action.objects.filter(agent=agent, created_at__gt=base_from, created_at__lte=since).aggregate(
+        first=Min("created_at"))["first"]
+    if first is None:
+        return None
+    lived = since - first
+    return lived if lived >= dt.timedelta(hours=rule.get("min_history_hours", 24)) else None
+
+
 def _money(micros) -> str:
     from billing.services import dollars
 
@@ -85,9 +102,14 @@ def spend_rate(agent, now, rule) -> Finding | None:
     window = dt.timedelta(minutes=rule["window_minutes"])
     since, base_from = now - window, now - window - dt.timedelta(days=rule["baseline_days"])
     spent = LedgerEntry.objects.filter(agent=agent, occurred_at__gt=since).aggregate(s=Sum("cost_micros"))["s"] or 0
+    if spent < rule["min_micros"]:
+        return None
+    lived = _history(agent, since, base_from, rule)
+    if lived is None:
+        return None
     before = (LedgerEntry.objects.filter(agent=agent, occurred_at__gt=base_from, occurred_at__lte=since)
               .aggregate(s=Sum("cost_micros"))["s"] or 0)
-    windows = dt.timedelta(days=rule["baseline_days"]) / window
+    windows = lived / window
     usual = before / windows
     if spent < rule["min_micros"] or spent < rule["factor"] * max(usual, 1):
         return None
@@ -133,22 +155,41 @@ def new_resources(agent, now, rule, *, since: dt.datetime) -> list[Finding]:
     history = Action.objects.filter(agent=agent, created_at__gt=base_from, created_at__lte=since)
     if history.count() < rule["min_history"]:  # a new agent: everything is new, nothing is unusual
         return []
-    fresh = (Action.objects.filter(agent=agent, outcome="allowed", created_at__gt=since,
-                                   action__in=["llm.call", "tool.call", "tool.http", "external.call"])
-             .exclude(resource__in=history.filter(outcome="allowed").values("resource"))
-             .values("action", "resource").annotate(calls=Count("id"), cost=Sum("estimated_cost_micros"))
-             .order_by("action", "resource"))
-    usual = sorted(set(history.filter(outcome="allowed").values_list("resource", flat=True)))[:8]
+    fresh: dict[tuple[str, str], dict] = {}
+    for action, resource, cost in (Action.objects.filter(agent=agent, outcome="allowed", created_at__gt=since,
+                                                          action__in=["llm.call", "tool.call", "tool.http",
+                                                                      "external.call"])
+                                   .values_list("action", "resource", "estimated_cost_micros")[:1000]):
+        name = _used(action, resource)
+        row = fresh.setdefault((action, name), {"calls": 0, "cost": 0})
+        row["calls"] += 1
+        row["cost"] += cost or 0
+    if not fresh:
+        return []
+    known = {_used(action, resource) for action, resource in
+             history.filter(outcome="allowed").values_list("action", "resource").distinct()[:5000]}
     findings = []
-    for row in fresh:
+    for (action, name), row in sorted(fresh.items()):
+        if name in known:
+            continue
+        usual = sorted(known)[:8]
+        digest = hashlib.sha256(f"{action}:{name}".encode()).hexdigest()[:32]
         findings.append(Finding(
-            "new_resource", f"new_resource:{agent.pk}:{row['action']}:{row['resource']}"[:200],
-            f"{agent.name} used {row['resource']} for the first time",
+            "new_resource", f"new_resource:{agent.pk}:{digest}",
+            f"{agent.name} used {name} for the first time",
             f"it used {', '.join(usual) or 'nothing else'} in the past {rule['baseline_days']} days",
-            f"{row['calls']} {row['action']} of {row['resource']} allowed since {since:%H:%M} "
-            f"({_money(row['cost'] or 0)} estimated)", _evidence(agent, since, action=f"gate.{row['action']}"),
-            {"action": row["action"], "resource": row["resource"], "calls": row["calls"]}))
+            f"{row['calls']} {action} of {name} allowed since {since:%H:%M} ({_money(row['cost'])} estimated)",
+            _evidence(agent, since, action=f"gate.{action}"), {"action": action, "resource": name, "calls": row["calls"]}))
     return findings
+
+
+def _used(action: str, resource: str) -> str:
+    """What counts as one thing used: a model or tool by name, an endpoint by its host (not every URL)."""
+    if action in ("tool.http", "external.call"):
+        from billing.services import endpoint_host
+
+        return endpoint_host(resource) or "an unnamed host"
+    return resource
 
 
 def burst(agent, now, rule) -> Finding | None:
@@ -159,8 +200,11 @@ def burst(agent, now, rule) -> Finding | None:
     recent = Action.objects.filter(agent=agent, created_at__gt=since).count()
     if recent < rule["min_requests"]:
         return None
+    lived = _history(agent, since, base_from, rule)
+    if lived is None:
+        return None
     before = Action.objects.filter(agent=agent, created_at__gt=base_from, created_at__lte=since).count()
-    usual = before / (dt.timedelta(days=rule["baseline_days"]) / window)
+    usual = before / (lived / window)
     if recent < rule["factor"] * max(usual, 1):
         return None
     return Finding(
@@ -188,16 +232,26 @@ def failing_runs(agent, now, rule) -> Finding | None:
 
 
 def anomaly_scan(*, now: dt.datetime | None = None) -> list:
-    """Evaluate every rule for the agents that acted since the last scan; return the alerts created."""
-    from agents.models import Agent
-
-    from .models import Action
+    """Evaluate every rule for the agents that acted (or whose runs ended) in the last hour; the alerts created."""
+    from django.core.cache import cache
 
     now = now or timezone.now()
+    if not cache.add("warden:anomaly-scan", "1", timeout=300):  # a scan still running: this one is not needed
+        return []
+    try:
+        return _scan(now)
+    finally:
+        cache.delete("warden:anomaly-scan")
+
+
+def _scan(now) -> list:
+    from agents.models import Agent, AgentRun
+
     configured = rules()
     since = now - dt.timedelta(minutes=15)  # what the last scans may not have seen yet (new resources)
-    agents = Agent.objects.filter(pk__in=Action.objects.filter(created_at__gt=now - dt.timedelta(hours=1))
-                                  .values("agent_id").distinct())
+    hour_ago = now - dt.timedelta(hours=1)
+    agents = Agent.objects.filter(Q(last_seen_at__gt=hour_ago) | Q(pk__in=AgentRun.objects.filter(
+        finished_at__gt=hour_ago).values("agent_id")))
     created = []
     for agent in agents.select_related("owner", "team"):
         findings = []
@@ -222,8 +276,9 @@ def _raise(agent, finding: Finding, *, suspend: bool, now) -> object | None:
 
     try:
         with transaction.atomic():
-            alert = Alert.objects.create(kind=finding.kind, agent=agent, key=finding.key, title=finding.title[:200],
-                                         normal=finding.normal[:500], observed=finding.observed[:500],
+            alert = Alert.objects.create(kind=finding.kind, agent=agent, key=finding.key,
+                                         title=_plain(finding.title, 200), normal=_plain(finding.normal, 500),
+                                         observed=_plain(finding.observed, 500),
                                          evidence=finding.evidence[:500], details=finding.details, created_at=now)
             audit_record(action="anomaly.detected", agent=agent, team=agent.team.name,
                          resource=f"alert:{alert.pk}", outcome=finding.kind,
@@ -242,6 +297,11 @@ def _raise(agent, finding: Finding, *, suspend: bool, now) -> object | None:
         except Exception:
             logger.exception("could not suspend %s after an anomaly", agent.name)
     return alert
+
+
+def _plain(text: str, limit: int) -> str:
+    """One line of printable text (names in it may come from agents' requests): fit for a mail subject."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+", " ", text)[:limit]
 
 
 def _deliver_later(alert_id) -> None:
@@ -272,9 +332,13 @@ def deliver(alert_id) -> None:
         if alert.agent.owner.email:
             recipients.add(alert.agent.owner.email)
         if recipients:
-            send_mail(f"[Warden] {alert.title}", f"{alert.observed}.\nNormal: {alert.normal}.\nEvidence: {link}",
-                      settings.DEFAULT_FROM_EMAIL, sorted(recipients))
-            updates["emailed_at"] = timezone.now()
+            try:  # the webhook goes out whatever the mail does
+                send_mail(f"[Warden] {_plain(alert.title, 150)}",
+                          f"{alert.observed}.\nNormal: {alert.normal}.\nEvidence: {link}",
+                          settings.DEFAULT_FROM_EMAIL, sorted(recipients))
+                updates["emailed_at"] = timezone.now()
+            except Exception:
+                logger.exception("alert %s: the e-mail could not be sent", alert.pk)
     url = settings.WARDEN_ALERT_WEBHOOK_URL
     if url and not alert.webhook_status.startswith("2"):
         body = json.dumps({"id": str(alert.pk), "kind": alert.kind, "agent": alert.agent.name, "title": alert.title,

@@ -553,56 +553,6 @@ COMPLETION_STATUSES = (ActionStatus.SUCCEEDED, ActionStatus.FAILED)
 # complete such an Action with its own claims.
 
 
-def could_allow(*, agent, key, action: str, resources: list[str]) -> set[str]:
-    """Of these resources, those a request of this agent could be allowed now (what a catalogue may show it:
-    the gateway's model and tool lists). Read only: nothing is reserved or recorded, and the real request is
-    judged in full by request_action.
-
-    Shown: the agent may act (active, key usable), its live roles grant the scope, its allowed models or
-    tools name the resource, Warden has a price for it, and the policies do not deny a request of it that
-    carries no sensitive data at its price (one they escalate to a person could be approved, so it is
-    shown)."""
-    now = timezone.now()
-    me = _snapshot(agent.pk, billing.period_start(now), key.pk if key is not None else None)
-    if _identity_problem(name=me.name, status=me.status, status_reason=me.status_reason, key_usable=me.key_usable):
-        return set()
-    roles = live_roles(me.grants, at=now)
-    if action not in roles.scopes:
-        return set()
-    listed = {"llm.call": me.allowed_models, "tool.call": me.allowed_tools}.get(action)
-    principal = agent_entity(name=me.name, owner=me.owner, team=me.team, clearance=me.clearance,
-                             models=me.allowed_models, tools=me.allowed_tools, role_names=roles.names)
-    policy_set = policy_set_for(*me.policy_set)
-    local = _local_now()
-    shown = set()
-    for resource in resources:
-        if listed is not None and resource not in listed:
-            continue
-        try:
-            cleaned = clean_request(action=action, resource=resource,
-                                    context={"input_tokens": 0, "max_output_tokens": 0} if action == "llm.call" else {})
-            target = _target(action, resource, cleaned, now)
-        except ValidationError:
-            continue
-        estimate = billing.estimate_cost(action=action, resource=resource, cleaned=cleaned, at=now)
-        if target.problem or estimate.problem:
-            continue
-        sink = sink_clearance(action=action, resource=resource, host=cleaned.get("host"))[0] \
-            if action in OUTBOUND else me.clearance
-        context = {"estimated_cost_micros": estimate.micros, "model": resource if action == "llm.call" else "",
-                   "data_classification": int(Clearance.PUBLIC), "sink_clearance": int(sink),
-                   "delegation_depth": 0, "hour": local.hour, "weekday": local.isoweekday()}
-        try:
-            decision = policy_set.decide(Request(action=action, agent=principal, resource=target.entity,
-                                                 context=context))
-        except Exception:  # what cannot be evaluated is not offered
-            logger.exception("policy preview failed")
-            continue
-        if decision.outcome != ActionOutcome.DENIED:
-            shown.add(resource)
-    return shown
-
-
 def is_runtime_action(action: Action) -> bool:
     return (action.idempotency_key or "").startswith(RUNTIME_KEY_PREFIX)
 
@@ -672,7 +622,10 @@ def complete_action(*, action: Action, status: str, usage: dict | None = None, u
                  **settlement},
     )
     if actual:
-        team, spent_on = record.agent.team.name, record.resource[:100]
+        # Labels stay few: a model or tool (each in an agent's allowed list and priced), but never a URL or host
+        # an agent chose (each would be a new series in every scraper).
+        team = record.agent.team.name
+        spent_on = record.resource[:100] if record.action in ("llm.call", "tool.call") else record.action
 
         def counted():
             metrics.safely(lambda: metrics.SPENT.labels(team, spent_on).inc(actual))
@@ -754,3 +707,53 @@ def actions_expire(*, older_than: dt.timedelta | None = None, batches: int = 20)
         if not done:
             break
     return expired
+
+
+def could_allow(*, agent, key, action: str, resources: list[str]) -> set[str]:
+    """Of these resources, those a request of this agent could be allowed now (what a catalogue may show it:
+    the gateway's model and tool lists). Read only: nothing is reserved or recorded, and the real request is
+    judged in full by request_action.
+
+    Shown: the agent may act (active, key usable), its live roles grant the scope, its allowed models or
+    tools name the resource, Warden has a price for it, and the policies do not deny a request of it that
+    carries no sensitive data at its price (one they escalate to a person could be approved, so it is
+    shown)."""
+    now = timezone.now()
+    me = _snapshot(agent.pk, billing.period_start(now), key.pk if key is not None else None)
+    if _identity_problem(name=me.name, status=me.status, status_reason=me.status_reason, key_usable=me.key_usable):
+        return set()
+    roles = live_roles(me.grants, at=now)
+    if action not in roles.scopes:
+        return set()
+    listed = {"llm.call": me.allowed_models, "tool.call": me.allowed_tools}.get(action)
+    principal = agent_entity(name=me.name, owner=me.owner, team=me.team, clearance=me.clearance,
+                             models=me.allowed_models, tools=me.allowed_tools, role_names=roles.names)
+    policy_set = policy_set_for(*me.policy_set)
+    local = _local_now()
+    shown = set()
+    for resource in resources:
+        if listed is not None and resource not in listed:
+            continue
+        try:
+            cleaned = clean_request(action=action, resource=resource,
+                                    context={"input_tokens": 0, "max_output_tokens": 0} if action == "llm.call" else {})
+            target = _target(action, resource, cleaned, now)
+        except ValidationError:
+            continue
+        estimate = billing.estimate_cost(action=action, resource=resource, cleaned=cleaned, at=now)
+        if target.problem or estimate.problem:
+            continue
+        sink = sink_clearance(action=action, resource=resource, host=cleaned.get("host"))[0] \
+            if action in OUTBOUND else me.clearance
+        context = {"estimated_cost_micros": estimate.micros, "model": resource if action == "llm.call" else "",
+                   "data_classification": int(Clearance.PUBLIC), "sink_clearance": int(sink),
+                   "delegation_depth": 0, "hour": local.hour, "weekday": local.isoweekday()}
+        try:
+            decision = policy_set.decide(Request(action=action, agent=principal, resource=target.entity,
+                                                 context=context))
+        except Exception:  # what cannot be evaluated is not offered
+            logger.exception("policy preview failed")
+            continue
+        if decision.outcome != ActionOutcome.DENIED:
+            shown.add(resource)
+    return shown

@@ -1,9 +1,9 @@
 """Prometheus metrics (`/metrics`, text format), with prometheus_client.
 
 Counters and histograms are kept by every process that does the work (web processes, Celery workers and
-their pool children). With PROMETHEUS_MULTIPROC_DIR set (devstack and docker-compose set it; it must be set
-before the process starts and emptied when the deployment starts), each process writes its own files there
-and a scrape of any web process adds them all up. Without it, a process reports only itself.
+their pool children). With PROMETHEUS_MULTIPROC_DIR set (devstack and docker-compose set it, before the
+process starts), each process writes its own files there, named by host and pid, and a scrape of any web
+process adds them all up. Without it, a process reports only itself.
 
 What is a state rather than an event (pending approvals and the oldest one's age, runs in progress, budget
 use, the audit chain's age since its last checkpoint) is read from PostgreSQL at scrape time, once, by the
@@ -16,8 +16,18 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+import socket
+
+from prometheus_client import values
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Each process's files are named by host and pid (not pid alone): containers sharing the directory each
+    # count their pids from 1. Set before any metric below is made.
+    values.ValueClass = values.MultiProcessValue(
+        process_identifier=lambda: f"{socket.gethostname().replace('_', '-')}-{os.getpid()}")
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest  # noqa: E402
+from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 
 FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

@@ -200,7 +200,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "expire-audit-exports": {"task": "audit.exports_sweep", "schedule": 3600.0},
     "expire-approvals": {"task": "governance.approvals_expire", "schedule": 60.0},
     "remind-approvers": {"task": "governance.approvals_remind", "schedule": 300.0},
-    "detect-anomalies": {"task": "governance.anomaly_scan", "schedule": 60.0},
+    "detect-anomalies": {"task": "governance.anomaly_scan", "schedule": 60.0, "options": {"expires": 55}},
 }
 
 # --- security -----------------------------------------------------------------

@@ -129,7 +129,8 @@ def alert_list(request):
     agent = request.GET.get("agent", "")
     if agent:
         alerts = alerts.filter(agent__name=agent[:64])
-    return render(request, "governance/alert_list.html", {"alerts": alerts[:200], "agent": agent[:64]})
+    return render(request, "governance/alert_list.html", {"alerts": alerts[:200], "agent": agent[:64],
+                                                          "can_audit": can(request.user, "audit.view")})
 
 
 def _decision_bars(decisions: dict | None) -> list[dict]:

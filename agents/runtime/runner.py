@@ -145,7 +145,6 @@ def _execute(run: AgentRun) -> str:
     return _finish(run, RunStatus.SUCCEEDED, result=_bounded(clean_value(result)))
 
 
-@transaction.atomic
 def _count_end(run: AgentRun, status: str, now) -> None:
     from django.db import transaction
 
@@ -160,6 +159,7 @@ def _count_end(run: AgentRun, status: str, now) -> None:
     transaction.on_commit(lambda: safely(counted))
 
 
+@transaction.atomic
 def _finish(run: AgentRun, status: str, *, result=None, error: str = "") -> str:
     now = timezone.now()
     error = clean_value(error[:4000])  # a program's words: no NUL, no lone surrogate

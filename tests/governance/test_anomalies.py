@@ -132,3 +132,37 @@ def test_the_webhook_receives_a_signed_alert(usual, settings):
     assert body["agent"] == "bot" and body["evidence"].startswith("https://warden.example/audit/?agent=bot")
     alert.refresh_from_db()
     assert alert.webhook_status == "204"
+
+
+def test_a_young_agent_is_not_unusual_and_urls_are_one_host(make_agent, agent_client, policy, prices, personas,
+                                                             eager_tasks, mailoutbox):
+    from billing.services import price_set
+
+    policy("all", "permit(principal, action, resource);")
+    price_set(kind="endpoint", name="*", per_call_micros=1_000, by=personas["finance"])
+    young = agent_client(make_agent("young", allowed_models=["gpt-4o"]))
+    for _ in range(3):
+        call(young, "gpt-4o", BIG)  # its first hour, and a busy one: there is no usual to compare with yet
+    assert anomaly_scan() == []
+
+    history(young, "gpt-4o", 30)  # now it has a week behind it, all of it big calls
+    urls = ["https://new.example/a", "https://new.example/b?page=2", "https://NEW.example./c",
+            "https://new.example/d\nBcc: someone@example.test"]
+    for url in urls:
+        answer = ask(young, action="tool.http", resource=url, context={})
+        assert answer.json()["outcome"] == "allowed", answer.content
+    alerts = [alert for alert in anomaly_scan() if alert.kind == "new_resource"]  # (its spend is unusual too now)
+    assert [alert.details["resource"] for alert in alerts] == ["new.example"]  # four URLs, one host
+    assert "\n" not in alerts[0].title and anomaly_scan() == []
+
+
+def test_bursts_and_denials_are_one_alert_each(usual):
+    for number in range(32):  # 32 requests in a few seconds, every one denied (a model it may not call)
+        assert ask(usual, resource="claude-opus").json()["outcome"] == "denied"
+        if number % 8 == 7:
+            anomaly_scan()
+    assert sorted(Alert.objects.values_list("kind", flat=True)) == ["burst", "denial_rate"]
+    denial = Alert.objects.get(kind="denial_rate")
+    # Raised at the first scan past the minimum (16 requests), and not again at the next two.
+    assert "16 of its 16 requests denied" in denial.observed and "0% of its requests denied" in denial.normal
+    assert "32 requests" in Alert.objects.get(kind="burst").observed

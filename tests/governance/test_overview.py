@@ -39,7 +39,7 @@ def test_each_group_sees_its_part_of_the_fleet_and_each_number_links_to_its_page
     assert re.search(r'id="agents-active">\s*1<', admin) and 'href="/agents/"' in admin
     assert re.search(r'id="decisions-rate">\s*1.0<', admin)  # 5 decisions in the last 5 minutes
     assert re.search(r'id="approvals-pending">\s*1<', admin) and 'href="/approvals/"' in admin
-    assert "bot made 99 requests in 60 s" in admin and 'href="/audit/?agent=bot"' in admin
+    assert "bot made 99 requests in 60 s" in admin and 'href="/audit/?agent=bot"' not in admin  # no audit.view
     assert "team research" in admin and "Forecast" in admin  # the budget, with its forecast
     assert "Top spenders" in admin and f'href="/agents/{busy.agent.pk}/"' in admin
     assert "Pending approvals" in pages["finance"] and "Spend this month" in pages["finance"]
@@ -74,3 +74,10 @@ def test_the_alert_list_is_for_those_who_watch_agents(busy, client_for):
     assert "bot made 99 requests in 60 s" in page and 'href="/audit/?agent=bot"' in page
     assert client_for("viewer").get("/alerts/").status_code == 403
     assert "No alerts." in client_for("finance").get("/alerts/?agent=nobody").content.decode()
+
+
+@pytest.mark.django_db
+def test_evidence_in_the_audit_log_is_linked_for_security_and_the_agent_page_for_others(busy, client_for):
+    assert 'href="/audit/?agent=bot"' in client_for("security").get("/alerts/").content.decode()
+    finance = client_for("finance").get("/alerts/").content.decode()
+    assert 'href="/audit/?agent=bot"' not in finance and f'href="/agents/{busy.agent.pk}/"' in finance
