@@ -9,4 +9,5 @@ COPY . .
 RUN useradd --system --home /app warden && chown -R warden /app && mkdir /data /metrics && chown warden /data /metrics
 USER warden
 EXPOSE 8000
-CMD ["uvicorn", "governance.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
+# One web process per core unless WARDEN_WEB_WORKERS says otherwise.
+CMD ["sh", "-c", "exec uvicorn governance.asgi:application --host 0.0.0.0 --port 8000 --workers ${WARDEN_WEB_WORKERS:-$(nproc)}"]

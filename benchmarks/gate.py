@@ -57,3 +57,32 @@ def _run(report, agents, threads: int, calls: int, audit: bool) -> dict:
            f"latency p50 {p(flat, 50):.2f} ms, p99 {p(flat, 99):.2f} ms (identity, scopes, 2,004 policies, "
            f"budget step, {'audit append, ' if audit else ''}commit); outcomes recorded: {outcomes}")
     return {"p50": p(flat, 50), "p99": p(flat, 99)}
+
+
+def round_trips(report, agent) -> int:
+    """PostgreSQL round trips of one allowed decision: every statement the gate sends (Django's execute
+    wrapper sees them all), plus the transaction's BEGIN and COMMIT. #16's target is 2."""
+    from django.db import transaction
+
+    body = {"input_tokens": 800, "max_output_tokens": 200, "estimated_cost_micros": 1500}
+    request_action(agent=agent, action="llm.call", resource="model-02", context=body)  # warm caches
+    statements: list[str] = []
+
+    def counted(execute, sql, params, many, context):
+        statements.append(" ".join(sql.split())[:110])
+        return execute(sql, params, many, context)
+
+    transaction_statements = 2  # BEGIN and COMMIT: the gate's work is one transaction
+    with connection.execute_wrapper(counted):
+        action = request_action(agent=agent, action="llm.call", resource="model-02", context=body)
+    assert action.outcome == "allowed", action.reasons
+    total = len(statements) + transaction_statements
+    kinds: dict[str, int] = {}
+    for statement in statements:
+        verb = statement.split()[0].upper() if statement else "?"
+        kinds[verb] = kinds.get(verb, 0) + 1
+    report(f"round trips per allowed decision: {total} (target <= 2): {len(statements)} statements "
+           f"({', '.join(f'{verb} x{n}' for verb, n in sorted(kinds.items()))}) + BEGIN + COMMIT")
+    for statement in statements:
+        report(f"  {statement}")
+    return total

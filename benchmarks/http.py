@@ -203,3 +203,45 @@ def gateway_overhead(base: str, secret: str, upstream_url: str, *, rounds: int =
             f"p50 {pct(direct, .5):.1f} ms p99 {pct(direct, .99):.1f} ms; through Warden p50 {pct(through, .5):.1f} ms "
             f"p99 {pct(through, .99):.1f} ms; Warden adds {pct(through, .5) - pct(direct, .5):.1f} ms p50, "
             f"{pct(through, .99) - pct(direct, .99):.1f} ms p99; non-200 {failures} [proxies add 2-12 ms p50]")
+
+
+def processes(report, secret: str, *, many: int, connections: int = 16, seconds: int = 10) -> None:
+    """POST /api/v1/actions/ with 1 web process and with `many` (make run's default: one per core), in one run."""
+    report(f"== HTTP: the gate with 1 and with {many} web processes ({connections} clients, wrk) ==")
+    if shutil.which("wrk") is None:
+        report("wrk is not installed (make bench installs it): skipped")
+        return
+    body = json.dumps({"action": "llm.call", "resource": "model-05",
+                       "context": {"input_tokens": 800, "max_output_tokens": 200, "estimated_cost_micros": 1500}})
+    script = (f'wrk.headers["Authorization"] = "Bearer {secret}"\nwrk.headers["Content-Type"] = "application/json"\n'
+              f"wrk.method = \"POST\"\nwrk.body = {json.dumps(body)}\n")
+    figures = {}
+    for workers in (1, many):
+        port = _free_port()
+        log = open(ROOT / "var" / f"bench-server-{workers}.log", "w")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "governance.asgi:application", "--host", "127.0.0.1", "--port",
+             str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
+            cwd=ROOT, env=dict(os.environ, WARDEN_LOG_LEVEL="WARNING"), start_new_session=True, stdout=log,
+            stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(base + "/healthz", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            _wrk(base + "/api/v1/actions/", script, connections, 2)  # warm every process
+            figures[workers] = _wrk(base + "/api/v1/actions/", script, connections, seconds)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+            log.close()
+    one, all_ = figures[1], figures[many]
+    report(f"1 process: {one['rps']:.0f} req/s (p50 {one['p50']:.1f} ms); {many} processes: {all_['rps']:.0f} req/s "
+           f"(p50 {all_['p50']:.1f} ms) = {all_['rps'] / one['rps']:.2f}x (target >= 1.6x with 2 processes)")

@@ -40,10 +40,12 @@ def main(argv: list[str]) -> int:
     fixtures.reset_database()
     agents, secrets = fixtures.build_fleet(agent_count=32, policy_count=2000)
     if "gate" in sections:
+        gate.round_trips(report, agents[0])
         gate.run(report, agents, threads=1, calls=400)
         gate.run(report, agents, threads=8, calls=300)
     if "http" in sections:
         http.run(report, secrets[3])
+        http.processes(report, secrets[4], many=max(2, os.cpu_count() or 2))
     if "budget" in sections:
         budget.run(report, agents)
     if "audit" in sections:

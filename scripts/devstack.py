@@ -372,7 +372,7 @@ def cmd_run(stack: Stack) -> int:
         metrics_dir.mkdir(parents=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     python = sys.executable
-    web_workers = env.get("WARDEN_WEB_WORKERS", "1")
+    web_workers = env.get("WARDEN_WEB_WORKERS", str(os.cpu_count() or 1))  # every core serves requests
     commands = [
         ("web", [python, "-m", "uvicorn", "governance.asgi:application", "--host", "127.0.0.1",
                  "--port", str(WEB_PORT), "--workers", web_workers, "--no-access-log"]),
