@@ -99,6 +99,15 @@ def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def post_signed(url: str, secret: str, payload: dict) -> int:
+    """POST JSON to a webhook with `X-Warden-Signature: sha256=<hmac>`; its HTTP status (OSError if it failed).
+    One way for every webhook Warden calls (budget alerts, approvals, anomaly alerts)."""
+    body = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json", "X-Warden-Signature": sign(body, secret)}
+    with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers, method="POST"), timeout=5) as response:
+        return response.status
+
+
 def deliver(notification_id: int) -> None:
     """Email finance and call the webhook; record what happened on the notification."""
     from .models import Notification
@@ -118,13 +127,11 @@ def deliver(notification_id: int) -> None:
             updates["emailed_at"] = timezone.now()
     url = settings.WARDEN_ALERT_WEBHOOK_URL
     if url and not notification.webhook_status.startswith("2"):
-        body = json.dumps({"id": notification.pk, "kind": notification.kind, "message": notification.message,
-                           "threshold": notification.threshold, "period": notification.period_start.isoformat(),
-                           "created_at": notification.created_at.isoformat()}).encode()
-        headers = {"Content-Type": "application/json", "X-Warden-Signature": sign(body, settings.WARDEN_ALERT_WEBHOOK_SECRET)}
+        payload = {"id": notification.pk, "kind": notification.kind, "message": notification.message,
+                   "threshold": notification.threshold, "period": notification.period_start.isoformat(),
+                   "created_at": notification.created_at.isoformat()}
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers, method="POST"), timeout=5) as response:
-                updates["webhook_status"] = str(response.status)
+            updates["webhook_status"] = str(post_signed(url, settings.WARDEN_ALERT_WEBHOOK_SECRET, payload))
         except OSError as exc:
             updates["webhook_status"] = f"failed: {type(exc).__name__}"[:100]
             logger.warning("alert webhook failed", extra={"notification": notification.pk})

@@ -312,12 +312,10 @@ def _deliver_later(alert_id) -> None:
 
 def deliver(alert_id) -> None:
     """E-mail the agent's owner and security; call the signed webhook. Recorded on the alert."""
-    import urllib.request
-
     from django.contrib.auth import get_user_model
     from django.core.mail import send_mail
 
-    from billing.alerts import sign
+    from billing.alerts import post_signed
 
     from .models import Alert
 
@@ -341,15 +339,11 @@ def deliver(alert_id) -> None:
                 logger.exception("alert %s: the e-mail could not be sent", alert.pk)
     url = settings.WARDEN_ALERT_WEBHOOK_URL
     if url and not alert.webhook_status.startswith("2"):
-        body = json.dumps({"id": str(alert.pk), "kind": alert.kind, "agent": alert.agent.name, "title": alert.title,
-                           "normal": alert.normal, "observed": alert.observed, "evidence": link,
-                           "suspended": alert.suspended, "created_at": alert.created_at.isoformat()}).encode()
-        headers = {"Content-Type": "application/json",
-                   "X-Warden-Signature": sign(body, settings.WARDEN_ALERT_WEBHOOK_SECRET)}
+        payload = {"id": str(alert.pk), "kind": alert.kind, "agent": alert.agent.name, "title": alert.title,
+                   "normal": alert.normal, "observed": alert.observed, "evidence": link, "suspended": alert.suspended,
+                   "created_at": alert.created_at.isoformat()}
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers, method="POST"),
-                                        timeout=5) as response:
-                updates["webhook_status"] = str(response.status)
+            updates["webhook_status"] = str(post_signed(url, settings.WARDEN_ALERT_WEBHOOK_SECRET, payload))
         except OSError as exc:
             updates["webhook_status"] = f"failed: {type(exc).__name__}"[:100]
     if updates:

@@ -19,9 +19,7 @@ robust to a missing broker; the reminder goes out later anyway).
 
 from __future__ import annotations
 
-import json
 import logging
-import urllib.request
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -125,20 +123,17 @@ def email(approval_id: str, kind: str) -> int:
 
 def webhook(approval_id: str, kind: str) -> None:
     """POST the request, signed, to WARDEN_APPROVAL_WEBHOOK_URL; ConnectionError (the task retries) if that fails."""
-    from billing.alerts import sign
+    from billing.alerts import post_signed
 
     url = settings.WARDEN_APPROVAL_WEBHOOK_URL
     approval = _pending(approval_id)
     if not url or approval is None:
         return
     info = summary(approval)
-    body = json.dumps({"event": f"approval.{kind}", "text": f"{_headline(approval, info, kind)} {info['url']}",
-                       "approval": info}).encode()
-    headers = {"Content-Type": "application/json",
-               "X-Warden-Signature": sign(body, settings.WARDEN_APPROVAL_WEBHOOK_SECRET)}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers, method="POST"), timeout=5):
-            pass
+        post_signed(url, settings.WARDEN_APPROVAL_WEBHOOK_SECRET,
+                    {"event": f"approval.{kind}", "text": f"{_headline(approval, info, kind)} {info['url']}",
+                     "approval": info})
     except OSError as exc:
         logger.warning("approval webhook failed: %s", exc)
         raise ConnectionError(str(exc)) from None

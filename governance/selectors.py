@@ -301,9 +301,8 @@ def fleet_overview(*, user, now) -> dict:
                               for outcome in ("allowed", "denied", "pending_approval")}
     overview["per_minute_total"] = round(sum(recent.values()) / 5, 1)
     if can(user, "approval.view"):
-        pending = approval_list(user=user).filter(status="pending")
-        overview["approvals"] = {"count": pending.count(),
-                                 "oldest": pending.aggregate(oldest=Min("created_at"))["oldest"]}
+        overview["approvals"] = approval_list(user=user).filter(status="pending").aggregate(
+            count=Count("id"), oldest=Min("created_at"))
     if can(user, "run.view"):
         overview["runs"] = {
             "active": AgentRun.objects.filter(status__in=RUN_ACTIVE).count(),

@@ -287,3 +287,27 @@ def ask(client, action="llm.call", resource="gpt-4o-mini", context=None, **extra
             "context": context if context is not None else {"input_tokens": 100, "max_output_tokens": 50}}
     body.update(extra)
     return client.post("/api/v1/actions/", body, format="json")
+
+
+@pytest.fixture
+def webhook_receiver():
+    """A local HTTP server taking one POST: (its URL, what it received: body and X-Warden-Signature)."""
+    import http.server
+    import threading
+
+    received = {}
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received["body"] = self.rfile.read(int(self.headers["Content-Length"]))
+            received["signature"] = self.headers["X-Warden-Signature"]
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", received
+    server.server_close()

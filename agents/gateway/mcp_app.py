@@ -136,9 +136,6 @@ class McpFront:
         self.server = _server()
         self.managers = LazyManagers(self.server)
 
-    async def _manager(self):
-        return await self.managers.get()
-
     async def __call__(self, scope, receive, send, headers: dict, meta: dict):
         from .app import _read_body
 
@@ -166,8 +163,10 @@ class McpFront:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        state = {"caller": caller, "server": name, "front": self, "correlation": services_correlation()}
-        await (await self._manager()).handle_request({**scope, "warden": state}, replay, send)
+        from .app import _CORRELATION
+
+        state = {"caller": caller, "server": name, "front": self, "correlation": _CORRELATION.get(None)}
+        await (await self.managers.get()).handle_request({**scope, "warden": state}, replay, send)
 
     async def thread(self, state, function, *args, **kwargs):
         from .app import _CORRELATION
@@ -268,9 +267,3 @@ def _find(error: BaseException, *kinds):
         if found is not None:
             return found
     return None
-
-
-def services_correlation():
-    from .app import _CORRELATION
-
-    return _CORRELATION.get(None)

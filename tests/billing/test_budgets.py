@@ -258,26 +258,12 @@ def test_amounts_are_shown_exactly(micros, text):
     assert services.dollars(micros) == text
 
 
-def test_the_webhook_receives_a_signed_alert(bot, open_gate, settings, django_capture_on_commit_callbacks):
+def test_the_webhook_receives_a_signed_alert(bot, open_gate, settings, django_capture_on_commit_callbacks,
+                                              webhook_receiver):
     import hmac
-    import http.server
-    import threading
 
-    received = {}
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            received["body"] = self.rfile.read(int(self.headers["Content-Length"]))
-            received["signature"] = self.headers["X-Warden-Signature"]
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.handle_request, daemon=True).start()
-    settings.WARDEN_ALERT_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/hook"
+    webhook_url, received = webhook_receiver
+    settings.WARDEN_ALERT_WEBHOOK_URL = f"{webhook_url}/hook"
     settings.WARDEN_ALERT_WEBHOOK_SECRET = "hook-secret"
     budget("team", 1000, team=bot.agent.team, thresholds=[50])
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -289,7 +275,6 @@ def test_the_webhook_receives_a_signed_alert(bot, open_gate, settings, django_ca
     from billing.alerts import deliver
 
     deliver(Notification.objects.get().pk)
-    server.server_close()
     expected = "sha256=" + hmac.new(b"hook-secret", received["body"], "sha256").hexdigest()
     assert received["signature"] == expected
     assert Notification.objects.get().webhook_status == "204"

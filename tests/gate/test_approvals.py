@@ -257,27 +257,13 @@ def test_an_approval_for_an_agent_suspended_meanwhile_denies(bot, escalating, ap
 
 
 def test_new_requests_reach_the_group_by_email_and_a_signed_webhook(
-        bot, escalating, personas, settings, mailoutbox, django_capture_on_commit_callbacks, eager_tasks):
+        bot, escalating, personas, settings, mailoutbox, django_capture_on_commit_callbacks, eager_tasks,
+        webhook_receiver):
     import hmac
-    import http.server
     import json
-    import threading
 
-    received = {}
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            received["body"] = self.rfile.read(int(self.headers["Content-Length"]))
-            received["signature"] = self.headers["X-Warden-Signature"]
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.handle_request, daemon=True).start()
-    settings.WARDEN_APPROVAL_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/chat"
+    webhook_url, received = webhook_receiver
+    settings.WARDEN_APPROVAL_WEBHOOK_URL = f"{webhook_url}/chat"
     settings.WARDEN_APPROVAL_WEBHOOK_SECRET = "chat-secret"
     personas["finance"].email = "finance@example.test"
     personas["finance"].save()
@@ -286,7 +272,6 @@ def test_new_requests_reach_the_group_by_email_and_a_signed_webhook(
     mail = mailoutbox[-1]
     assert mail.to == ["finance@example.test"] and "approval needed by finance: bot asks for llm.call gpt-4o" in mail.subject
     assert f"/approvals/{body['approval']['id']}/" in mail.body and "summarise the quarterly report" in mail.body
-    server.server_close()
     payload = json.loads(received["body"])
     expected = "sha256=" + hmac.new(b"chat-secret", received["body"], "sha256").hexdigest()
     assert received["signature"] == expected

@@ -96,36 +96,20 @@ def test_a_rule_may_suspend_the_agent(usual, settings, eager_tasks):
     assert denied.json()["outcome"] == "denied"
 
 
-def test_the_webhook_receives_a_signed_alert(usual, settings):
+def test_the_webhook_receives_a_signed_alert(usual, settings, webhook_receiver):
     import hashlib
     import hmac
-    import http.server
     import json
-    import threading
 
     from governance.anomalies import deliver
 
-    received = {}
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            received["body"] = self.rfile.read(int(self.headers["Content-Length"]))
-            received["signature"] = self.headers["X-Warden-Signature"]
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.handle_request, daemon=True).start()
-    settings.WARDEN_ALERT_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/hook"
+    webhook_url, received = webhook_receiver
+    settings.WARDEN_ALERT_WEBHOOK_URL = f"{webhook_url}/hook"
     settings.WARDEN_ALERT_WEBHOOK_SECRET = "hook-secret"
     settings.WARDEN_PUBLIC_URL = "https://warden.example"
     call(usual, "gpt-4o", BIG)
     (alert, *_) = anomaly_scan()
     deliver(alert.pk)
-    server.server_close()
     expected = "sha256=" + hmac.new(b"hook-secret", received["body"], hashlib.sha256).hexdigest()
     assert received["signature"] == expected
     body = json.loads(received["body"])
