@@ -222,11 +222,17 @@ def failing_runs(agent, now, rule) -> Finding | None:
                 .values_list("pk", "status", "error")[:rule["in_a_row"]])
     if len(last) < rule["in_a_row"] or any(status != "failed" for _, status, _ in last):
         return None
-    succeeded = AgentRun.objects.filter(agent=agent, status="succeeded").count()
+    succeeded = AgentRun.objects.filter(agent=agent, status="succeeded")
+    # One alert per streak of failures (keyed by its first run), however long it grows; a success ends it.
+    since_success = succeeded.order_by("-finished_at").values_list("finished_at", flat=True).first()
+    streak = AgentRun.objects.filter(agent=agent, status="failed")
+    if since_success is not None:
+        streak = streak.filter(finished_at__gt=since_success)
+    first = streak.order_by("finished_at", "created_at").values_list("pk", flat=True).first()
     return Finding(
-        "failing_runs", f"failing_runs:{agent.pk}:{last[0][0]}",
+        "failing_runs", f"failing_runs:{agent.pk}:{first}",
         f"{agent.name}'s last {len(last)} runs failed",
-        f"{succeeded} of its runs succeeded before", f"{len(last)} runs failed in a row; the last: "
+        f"{succeeded.count()} of its runs succeeded before", f"{len(last)} runs failed in a row; the last: "
         f"{(last[0][2] or 'no error recorded')[:200]}", f"/runs/{last[0][0]}/",
         {"runs": [str(pk) for pk, _, _ in last]})
 

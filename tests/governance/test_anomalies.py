@@ -150,3 +150,28 @@ def test_bursts_and_denials_are_one_alert_each(usual):
     # Raised at the first scan past the minimum (16 requests), and not again at the next two.
     assert "16 of its 16 requests denied" in denial.observed and "0% of its requests denied" in denial.normal
     assert "32 requests" in Alert.objects.get(kind="burst").observed
+
+
+def test_a_streak_of_failing_runs_is_one_alert_however_long_it_grows(make_agent):
+    from agents.models import AgentRun
+
+    agent = make_agent("flaky")
+
+    def ended(status: str, minutes_ago: int) -> None:
+        when = timezone.now() - dt.timedelta(minutes=minutes_ago)
+        AgentRun.objects.create(agent=agent, program="agents.runtime.demo.paper_scout", objective="x", status=status, source="api",
+                                correlation_id=f"run-{status}-{minutes_ago}", created_at=when, started_at=when,
+                                finished_at=when, error="the upstream is down" if status == "failed" else "")
+
+    ended("succeeded", 50)
+    for minutes_ago in (40, 30, 20):
+        ended("failed", minutes_ago)
+    (first,) = anomaly_scan()
+    assert first.kind == "failing_runs" and "the upstream is down" in first.observed
+    ended("failed", 10)  # the streak goes on: no second alert
+    assert anomaly_scan() == []
+    ended("succeeded", 8)
+    for minutes_ago in (6, 4, 2):
+        ended("failed", minutes_ago)
+    (second,) = anomaly_scan()  # a new streak after a success: a new alert
+    assert second.key != first.key and Alert.objects.filter(kind="failing_runs").count() == 2
