@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
 
 from django.core.asgi import get_asgi_application
@@ -33,12 +32,13 @@ from django.contrib.staticfiles.handlers import StaticFilesHandler  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 
 from governance.routing import websocket_urlpatterns  # noqa: E402
+from governance.threads import DaemonThreadPool  # noqa: E402
 
 _run_wsgi_app = WsgiToAsgiInstance.__dict__["run_wsgi_app"].func  # the undecorated body
 
 
 class _PooledInstance(WsgiToAsgiInstance):
-    executor: ThreadPoolExecutor
+    executor: DaemonThreadPool
 
     async def run_wsgi_app(self, body):
         return await sync_to_async(_run_wsgi_app, thread_sensitive=False, executor=self.executor)(self, body)
@@ -69,7 +69,7 @@ class WsgiOnThreadPool(WsgiToAsgi):
 
     def __init__(self, wsgi_application, threads: int):
         super().__init__(_closing(wsgi_application))
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warden-http")
+        self.executor = DaemonThreadPool(max_workers=threads, thread_name_prefix="warden-http")
 
     async def __call__(self, scope, receive, send):
         instance = _PooledInstance(self.wsgi_application)

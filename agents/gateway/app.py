@@ -24,7 +24,6 @@ import logging
 import math
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -33,6 +32,7 @@ from django.db import close_old_connections
 
 from governance import metrics
 from governance.context import clean_correlation_id, correlation_scope, new_correlation_id
+from governance.threads import DaemonThreadPool
 
 from . import services
 from .mcp_app import PREFIX as MCP_PREFIX
@@ -51,7 +51,7 @@ PREFIX = "/v1/"
 class Gateway:
     def __init__(self, app, threads: int = 4):
         self.app = app
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warden-gateway")
+        self.executor = DaemonThreadPool(max_workers=threads, thread_name_prefix="warden-gateway")
         self._clients = weakref.WeakKeyDictionary()  # event loop -> its client
         self.mcp = McpFront(self)
         self._demo = None  # the demo's CRM MCP server (agents/gateway/demo_mcp.py), when WARDEN_DEMO_MCP_KEY is set
