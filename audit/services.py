@@ -111,9 +111,11 @@ def _claim_link(chain: str) -> tuple[int, str]:
     return seq, prev_hash
 
 
-@transaction.atomic(savepoint=False)  # rolls back with the change it records
-def audit_record(
+def audit_fields(
     *,
+    chain: str,
+    seq: int,
+    prev_hash: str,
     action: str,
     actor=None,
     agent=None,
@@ -127,10 +129,13 @@ def audit_record(
     data_classification: str = "",
     payload: dict | None = None,
     team: str | None = None,
-) -> AuditEvent:
+) -> dict:
+    """The event at link `seq` of `chain` (after `prev_hash`), in the canonical form, with its hash.
+
+    Pure: the gate's hot path (governance/hotpath.py) builds its event with this from the chain head it read,
+    and writes it only if the head is still there (else it judges again the slow way, through audit_record).
+    """
     who = Actor.of(actor)
-    chain = f"agent:{agent.pk}" if agent is not None else "global"
-    seq, prev_hash = _claim_link(chain)
     fields = {
         "chain": chain,
         "seq": seq,
@@ -163,6 +168,19 @@ def audit_record(
     for name in JSON_FIELDS:
         fields[name] = canonical_form(fields[name])
     fields["hash"] = event_hash(fields)
+    return fields
+
+
+def chain_of(agent) -> str:
+    return f"agent:{agent.pk}" if agent is not None else "global"
+
+
+@transaction.atomic(savepoint=False)  # rolls back with the change it records
+def audit_record(*, agent=None, **event) -> AuditEvent:
+    """Append one event (the keyword arguments of `audit_fields`, without the link) to its chain."""
+    chain = chain_of(agent)
+    seq, prev_hash = _claim_link(chain)
+    fields = audit_fields(chain=chain, seq=seq, prev_hash=prev_hash, agent=agent, **event)
     # The event and the new chain head in one round trip.
     with connection.cursor() as cursor:
         cursor.execute(

@@ -179,14 +179,19 @@ def _charge(price: tuple[int, int, int], *, calls: int, input_tokens: int, outpu
     return per_call * calls + _per_million(input_tokens, input_price) + _per_million(output_tokens, output_price)
 
 
-def estimate_cost(*, action: str, resource: str, cleaned: dict, at: dt.datetime | None = None) -> Estimate:
+UNREAD = object()
+
+
+def estimate_cost(*, action: str, resource: str, cleaned: dict, at: dt.datetime | None = None,
+                  price=UNREAD) -> Estimate:
     """What to reserve: Warden's price for the call, raised (never lowered) by the caller's estimate.
 
     A model, tool or endpoint without a price (for endpoints, neither the
     host's own nor the `*` default) is refused, never free. Reading a data
     view and delegating have no price: they cost nothing and hold nothing,
     whatever the caller declares (else a free action could hold a shared
-    budget hostage until the sweep).
+    budget hostage until the sweep). `price`: the price row as `_price_of`
+    gives it, when the caller has read it already.
     """
     at = at or timezone.now()
     declared = cleaned.get("estimated_cost_micros", 0)
@@ -194,7 +199,8 @@ def estimate_cost(*, action: str, resource: str, cleaned: dict, at: dt.datetime 
     if kind is None:
         return Estimate(micros=0)
     name = _priced_name(action, resource)
-    price = _price_of(action, name, at)
+    if price is UNREAD:  # else the caller read it (governance/hotpath.py: `price_sql`)
+        price = _price_of(action, name, at)
     if price is None:
         label = {"model": "model", "tool": "tool", "endpoint": "external endpoint"}[kind]
         return Estimate(micros=0, problem=f"{label} {name} has no price; finance must price it before it can be used")

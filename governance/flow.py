@@ -73,16 +73,24 @@ def merge(*flows: Flow) -> Flow:
     return Flow(max([Clearance.PUBLIC, *(flow.classification for flow in flows)]), tuple(sources[:20]))
 
 
-def sink_clearance(*, action: str, resource: str, host: str | None = None) -> tuple[int, str]:
-    """How sensitive data the receiver of this request may get, and what to call it in a reason."""
+def sink_name(*, action: str, resource: str, host: str | None = None) -> tuple[str, str]:
+    """(kind, name) of the data sink that receives this (not a delegation's) request."""
+    kind = SINK_KIND[action]
+    return kind, (host if kind == "endpoint" and host else resource)
+
+
+def sink_clearance(*, action: str, resource: str, host: str | None = None, found: dict | None = None) -> tuple[int, str]:
+    """How sensitive data the receiver of this request may get, and what to call it in a reason.
+
+    `found`: the sinks of that name and "*" of its kind ({name: clearance}), when the caller read them."""
     from .models import DataSink
 
     if action == "agent.delegate":
         clearance = Agent.objects.filter(name=resource).values_list("clearance", flat=True).first()
         return (Clearance.PUBLIC if clearance is None else clearance), f"agent {resource}"
-    kind = SINK_KIND[action]
-    name = host if kind == "endpoint" and host else resource
-    found = dict(DataSink.objects.filter(kind=kind, name__in=[name, "*"]).values_list("name", "clearance"))
+    kind, name = sink_name(action=action, resource=resource, host=host)
+    if found is None:
+        found = dict(DataSink.objects.filter(kind=kind, name__in=[name, "*"]).values_list("name", "clearance"))
     clearance = found.get(name, found.get("*", DEFAULT_SINK[kind]))
     return clearance, f"{kind} {name}"
 
@@ -96,36 +104,51 @@ def api_flow(*, agent_id, now: dt.datetime, declared: int | None) -> Flow:
     from django.db.models.fields.json import KeyTextTransform
     from django.db.models.functions import Cast, Coalesce
 
-    since = now - dt.timedelta(hours=settings.WARDEN_FLOW_WINDOW_HOURS)
     # The most sensitive reads of the window, whatever came after them (many harmless reads wash nothing out);
     # a read counts from when it was served (completed), not from when it was asked (it may have waited for a
     # person).
-    # A read served within the window was asked at most an approval's longest wait before it (the index's range).
-    from .policy_engine import MAX_EXPIRY
-
-    asked_since = since - dt.timedelta(seconds=max(MAX_EXPIRY, settings.WARDEN_APPROVAL_TTL_HOURS * 3600))
+    since, asked_since = windows(now)
     reads = (Action.objects.filter(agent_id=agent_id, action="data.read", outcome=ActionOutcome.ALLOWED,
                                    created_at__gte=asked_since)
              .annotate(at=Coalesce("completed_at", "allowed_at", "created_at"),
                        level=Cast(KeyTextTransform("data_classification", "cedar_context"), IntegerField()))
              .filter(at__gte=since)
              .exclude(idempotency_key__startswith=RUNTIME_KEY_PREFIX)
-             .order_by("-level", "-at").values_list("pk", "resource", "cedar_context")[:5])
-    flows = [Flow(context.get("data_classification", 0),
-                  ({"view": resource, "classification": Clearance(context.get("data_classification", 0)).label,
-                    "action": str(pk)},))
-             for pk, resource, context in reads]
-    flows += _tool_answers(agent_id=agent_id, since=since, asked_since=asked_since)
+             .order_by("-level", "-at", "-pk").values_list("pk", "resource", "level")[:5])
+    return flow_of(reads=list(reads), tools=_tool_answers(agent_id=agent_id, since=since, asked_since=asked_since),
+                   declared=declared)
+
+
+def windows(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """(served since, asked since): a read counts from when it was served, within the window; it was asked at
+    most an approval's longest wait before that (the index's range)."""
+    from .policy_engine import MAX_EXPIRY
+
+    since = now - dt.timedelta(hours=settings.WARDEN_FLOW_WINDOW_HOURS)
+    return since, since - dt.timedelta(seconds=max(MAX_EXPIRY, settings.WARDEN_APPROVAL_TTL_HOURS * 3600))
+
+
+def flow_of(*, reads, tools, declared: int | None) -> Flow:
+    """The label from what the agent read, (action id, view, level) most sensitive first, and what tools
+    answered it, (action id, tool, level): pure, so the gate's hot path (governance/hotpath.py) builds it from
+    its one read as the slow path does from its queries."""
+    flows = [Flow(level or 0, ({"view": resource, "classification": Clearance(level or 0).label,
+                                "action": str(pk)},))
+             for pk, resource, level in reads]
+    flows += [Flow(level, ({"view": f"tool {resource}", "classification": Clearance(level).label,
+                            "action": str(pk)},))
+              for pk, resource, level in tools]
     if declared is not None:
         flows.append(Flow(declared, ({"view": "data the agent declares", "classification":
                                       Clearance(declared).label},)))
     return merge(*flows)
 
 
-def _tool_answers(*, agent_id, since: dt.datetime, asked_since: dt.datetime) -> list[Flow]:
+def _tool_answers(*, agent_id, since: dt.datetime, asked_since: dt.datetime) -> list[tuple]:
     """Calls of tools registered as returning sensitive data (agents.McpTool.returns), allowed within the window
     (failed ones too: a tool's error answer reaches the agent as well): what they answered is data the agent
-    now holds, as after a read. The registry as it is now decides the level (a change is audited)."""
+    now holds, as after a read. The registry as it is now decides the level (a change is audited).
+    (action id, tool, level) of the latest call of each such tool, by tool name."""
     from agents.models import McpTool
     from django.db.models.functions import Coalesce
 
@@ -139,12 +162,10 @@ def _tool_answers(*, agent_id, since: dt.datetime, asked_since: dt.datetime) -> 
                                    resource__in=list(returning), created_at__gte=asked_since)
              .exclude(status__in=[ActionStatus.CANCELLED, ActionStatus.EXPIRED])
              .annotate(at=Coalesce("completed_at", "allowed_at", "created_at")).filter(at__gte=since)
-             .order_by("resource", "-at").distinct("resource").values_list("pk", "resource"))
+             .order_by("resource", "-at", "-pk").distinct("resource").values_list("pk", "resource"))
     # The latest call of each such tool (however many calls of others came after): a failed call counts too,
     # since a tool's error answer reached the agent as well.
-    return [Flow(returning[resource], ({"view": f"tool {resource}", "classification":
-                                        Clearance(returning[resource]).label, "action": str(pk)},))
-            for pk, resource in calls]
+    return [(pk, resource, returning[resource]) for pk, resource in calls]
 
 
 def api_flow_of_chain(*, agent_id, chain, now: dt.datetime, declared: int | None) -> Flow:

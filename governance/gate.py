@@ -36,11 +36,12 @@ from agents.selectors import delegation_state
 from audit.services import Actor, audit_record
 from billing import services as billing
 
-from . import metrics, sql
+from . import hotpath, metrics, sql
 from .context import current_correlation_id
 from .exceptions import Conflict
 from .dataviews import served_classification
-from .flow import OUTBOUND, RESERVED_KEY_PREFIXES, RUNTIME_KEY_PREFIX, Flow, api_flow_of_chain, sink_clearance
+from .flow import (OUTBOUND, RESERVED_KEY_PREFIXES, RUNTIME_KEY_PREFIX, Flow, api_flow_of_chain, flow_of,
+                   sink_clearance)
 from .approvals import approval_open
 from .models import Action, ActionOutcome, ActionStatus, DataView
 from .payloads import check_json, clean_usage, text_problem
@@ -241,6 +242,10 @@ def _snapshot(agent_id, month: dt.date, key_id) -> Snapshot:
         row = cursor.fetchone()
     if row is None:
         raise Agent.DoesNotExist
+    return _snapshot_of(row, key_id=key_id, agent_id=agent_id)
+
+
+def _snapshot_of(row, *, key_id, agent_id) -> Snapshot:
     *fields, grants, policy_set, budgets, open_periods, key = row
     policy_set = (int(policy_set[0]), dt.datetime.fromisoformat(policy_set[1]).isoformat()) if policy_set else (0, "")
     key_usable = key is None if key_id is None else (key is not None and key[1] and key[0] == str(agent_id))
@@ -349,85 +354,53 @@ def _replay(existing: Action, request: dict) -> Action:
                   denial=f"replay of action {existing.pk} (idempotency key {existing.idempotency_key}): {problem}")
 
 
-@transaction.atomic
-def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idempotency_key, digest, flow=None,
-           denial: str | None = None) -> Action:
-    now = timezone.now()
-    action_id = uuid.uuid4()
-    started = time.perf_counter()
-    # 1. Identity: the newest committed state, read inside this transaction.
-    me = _snapshot(agent.pk, billing.period_start(now), key.pk if key is not None else None)
-    judgement: Judgement | None = _deny(denial) if denial else None
-    problem = _identity_problem(name=me.name, status=me.status, status_reason=me.status_reason,
-                                key_usable=me.key_usable)
-    if judgement is None and problem:
-        judgement = _deny(problem)
-    try:
-        target = _target(action, resource, cleaned, now)  # an unknown agent cannot be judged; an unknown view is denied
-    except ValidationError:
-        if judgement is None:
-            raise
-        # Denied anyway: say nothing about which agents exist to an identity that may not act.
-        target = Target({"uid": {"type": ACTION_RESOURCE[action], "id": resource}, "attrs": {}, "parents": []})
-    notes = list(target.notes)
-    delegation = None
-    chain: list[dict] = []
-    state = None
-    if on_behalf_of is not None:
-        delegation = Delegation.objects.select_related("delegate", "delegator_user", "delegator_agent").filter(
-            pk=on_behalf_of
-        ).first()
-        if delegation is None or delegation.delegate_id != agent.pk:
-            raise ValidationError({"on_behalf_of": "No such delegation to this agent."})
-        state = delegation_state(delegation, at=now)
-        chain = state.chain
-        if judgement is None and state.problem:
-            judgement = _deny(f"delegation chain is not valid: {state.problem}")
-    if judgement is None and target.problem:
-        judgement = _deny(target.problem)
+def _judge(**request) -> Action:
+    """The hot path (governance/hotpath.py: one read, one write) for what it can decide on its own; the
+    slow path, one statement at a time in a transaction, for everything else and whenever the hot path's
+    read has gone stale by the time it writes."""
+    if (settings.WARDEN_GATE_HOT_PATH and request.get("denial") is None and request["on_behalf_of"] is None
+            and request["action"] in hotpath.ACTIONS):
+        record = _judge_fast(**request)
+        if record is not None:
+            return record
+    return _judge_slow(**request)
 
-    # 2. Scopes (and the agent's capability lists).
-    roles = live_roles(me.grants, at=now)
-    if judgement is None:
-        held = state.scopes if state is not None else roles.scopes
-        if action not in held:
-            if state is not None and action in state.narrowed:
-                judgement = _deny(f"scope {action} was delegated, but {state.root}, who delegated it, no longer "
-                                  f"holds it")
-            elif state is not None:
-                judgement = _deny(f"scope {action} is not in the delegation (it holds {', '.join(sorted(held)) or 'nothing now'})")
-            elif roles.expired and action not in roles.scopes:
-                judgement = _deny(f"scope {action} is not granted; role grant(s) expired: {', '.join(roles.expired)}")
-            else:
-                judgement = _deny(f"scope {action} is not granted by the agent's roles ({', '.join(sorted(roles.names)) or 'none'})")
-        elif action == "llm.call" and resource not in me.allowed_models:
-            judgement = _deny(f"model {resource} is not in {me.name}'s allowed models")
-        elif action == "tool.call" and resource not in me.allowed_tools:
-            judgement = _deny(f"tool {resource} is not in {me.name}'s allowed tools")
-        elif action == "agent.delegate":
-            widened = set(cleaned["scopes"]) - held
-            if widened:
-                judgement = _deny(f"cannot delegate scopes it does not hold: {', '.join(sorted(widened))}")
 
-    # 3. Policies, on Warden's own figures: its estimate, the registry's classification.
-    identified = time.perf_counter()
-    estimate = billing.estimate_cost(action=action, resource=resource, cleaned=cleaned, at=now)
+def _scopes(*, action: str, resource: str, cleaned: dict, me: Snapshot, roles, state) -> Judgement | None:
+    """Step 2: the scopes (and the agent's capability lists); a denial, or None."""
+    held = state.scopes if state is not None else roles.scopes
+    if action not in held:
+        if state is not None and action in state.narrowed:
+            return _deny(f"scope {action} was delegated, but {state.root}, who delegated it, no longer holds it")
+        if state is not None:
+            return _deny(f"scope {action} is not in the delegation (it holds {', '.join(sorted(held)) or 'nothing now'})")
+        if roles.expired and action not in roles.scopes:
+            return _deny(f"scope {action} is not granted; role grant(s) expired: {', '.join(roles.expired)}")
+        return _deny(f"scope {action} is not granted by the agent's roles ({', '.join(sorted(roles.names)) or 'none'})")
+    if action == "llm.call" and resource not in me.allowed_models:
+        return _deny(f"model {resource} is not in {me.name}'s allowed models")
+    if action == "tool.call" and resource not in me.allowed_tools:
+        return _deny(f"tool {resource} is not in {me.name}'s allowed tools")
+    if action == "agent.delegate":
+        widened = set(cleaned["scopes"]) - held
+        if widened:
+            return _deny(f"cannot delegate scopes it does not hold: {', '.join(sorted(widened))}")
+    return None
+
+
+@dataclass
+class _Assessment:
+    judgement: Judgement
+    cedar_context: dict
+    entities: list
+    policy_version: int | None
+
+
+def _assess(*, judgement: Judgement | None, action: str, resource: str, me: Snapshot, roles, target: Target,
+            estimate, carried: Flow | None, sink: int, sink_name: str, delegation) -> _Assessment:
+    """Step 3: the policies, on Warden's own figures (its estimate, the registry's classification), and the
+    data-flow rule; then an unpriced request is denied. Pure: both paths read the facts first."""
     local = _local_now()
-    # What the request carries, and how sensitive data its receiver may get (governance/flow.py).
-    carried, sink, sink_name = None, me.clearance, f"agent {me.name}"
-    if action in OUTBOUND:
-        if flow is not None:
-            carried = flow
-        else:  # over the API: what it read lately, and what every agent it acts for read (the chain's)
-            carried = api_flow_of_chain(agent_id=agent.pk, chain=chain, now=now, declared=cleaned.get("declared_label"))
-        sink, sink_name = sink_clearance(action=action, resource=resource, host=cleaned.get("host"))
-    elif action == "data.read" and target.view is not None:
-        # What this reader gets (its clearance decides the masks): a flow from the view to the agent itself.
-        asked = context.get("columns")
-        asked = [c for c in asked if isinstance(c, str)] if isinstance(asked, list) else None
-        served = served_classification(target.view, me.clearance, asked)
-        carried = Flow(served, ({"view": resource, "classification": Clearance(served).label},))
-        target = dataclasses.replace(target, classification=served)
     cedar_context = {
         "estimated_cost_micros": estimate.micros,
         "model": resource if action == "llm.call" else "",
@@ -467,12 +440,185 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
         except Exception as exc:  # the engine must never let an error through as "allowed"
             logger.exception("policy evaluation failed")
             judgement = _deny(f"policy evaluation error: {type(exc).__name__}")
-
-    # 4. Budget: reserve at every covering budget, or at none. Nothing unpriced waits for a person either.
-    judged = time.perf_counter()
-    reserved = 0
+    # Nothing unpriced is allowed, nor waits for a person.
     if judgement.outcome in (ActionOutcome.ALLOWED, ActionOutcome.PENDING_APPROVAL) and estimate.problem:
         judgement = _deny(estimate.problem)
+    return _Assessment(judgement, cedar_context, entities, policy_version)
+
+
+def _records(*, action_id, agent, key, delegation, action: str, resource: str, context: dict, digest: str,
+             idempotency_key, now, me: Snapshot, target: Target, assessment: _Assessment, judgement: Judgement,
+             reasons: list, estimate, reserved: int, chain: list, carried: Flow | None, sink: int,
+             sink_name: str) -> tuple[dict, dict]:
+    """(the Action's row, the audit event's arguments): what both paths write."""
+    fields = {
+        "id": action_id, "agent_id": agent.pk, "key_id": key.pk if key is not None else None,
+        "delegation_id": delegation.pk if delegation is not None else None, "action": action, "resource": resource,
+        "context": context, "cedar_context": assessment.cedar_context, "cedar_entities": assessment.entities,
+        "idempotency_key": idempotency_key or None, "request_digest": digest, "outcome": judgement.outcome,
+        "reasons": reasons, "policy_ids": judgement.policies, "observed": judgement.observed,
+        "policy_version": assessment.policy_version, "delegation_chain": chain,
+        "estimated_cost_micros": estimate.micros, "reserved_micros": reserved,
+        "allowed_at": now if judgement.outcome == ActionOutcome.ALLOWED else None,
+        "status": ActionStatus.DECIDED, "usage": None, "actual_cost_micros": None,
+        "correlation_id": current_correlation_id(), "created_at": now, "completed_at": None,
+    }
+    event = dict(
+        action=f"gate.{action}",
+        actor=Actor("agent", str(agent.pk), me.name),
+        agent=agent,
+        team=me.team,
+        resource=f"{ACTION_RESOURCE[action]}::{resource}",
+        outcome=judgement.outcome,
+        reasons=reasons,
+        delegation_chain=chain,
+        policy_ids=judgement.policies,
+        policy_version=assessment.policy_version,
+        cost_micros=estimate.micros,
+        data_classification=(Clearance(target.classification).label if action == "data.read" else
+                             Clearance(carried.classification).label if carried is not None and carried.classification
+                             else ""),
+        payload={"action_id": str(action_id), "reserved_micros": reserved, "observed": judgement.observed,
+                 "idempotency_key": idempotency_key or "", "warden_estimate_micros": estimate.warden_micros,
+                 **({"data_flow": {**carried.as_dict(), "receiver": sink_name,
+                                   "receiver_clearance": Clearance(sink).label}}
+                    if carried is not None and carried.classification else {})},
+    )
+    return fields, event
+
+
+def _touch(me: Snapshot, now: dt.datetime) -> bool:
+    """Whether to write the agent's last_seen_at (at most every 30 s)."""
+    return me.last_seen_at is None or me.last_seen_at < now - dt.timedelta(seconds=30)
+
+
+def _counted(*, action: str, outcome: str, team: str, reserved: int, stages: dict) -> None:
+    """Counted once the decision is committed (never for one that rolled back)."""
+    transaction.on_commit(lambda: metrics.decision(action=action, outcome=outcome, team=team, reserved=reserved,
+                                                   stages=stages))
+
+
+def _judge_fast(*, agent, action, resource, context, cleaned, key, on_behalf_of, idempotency_key, digest,
+                flow=None, denial=None) -> Action | None:
+    """One read (hotpath.read), the judgement in Python, one write (hotpath.commit); None when the write
+    finds the world changed since the read, or when the decision needs what only the slow path writes (an
+    approval request, a budget's refusal, a month's first budget periods)."""
+    now = timezone.now()
+    action_id = uuid.uuid4()
+    started = time.perf_counter()
+    key_id = key.pk if key is not None else None
+    want_flow = flow is None and action in OUTBOUND
+    facts = hotpath.read(agent_id=agent.pk, key_id=key_id, action=action, resource=resource,
+                         host=cleaned.get("host"), now=now, want_flow=want_flow)
+    me = facts.me
+    problem = _identity_problem(name=me.name, status=me.status, status_reason=me.status_reason,
+                                key_usable=me.key_usable)
+    judgement = _deny(problem) if problem else None
+    target = _target(action, resource, cleaned, now)  # Model, Tool, Endpoint: no query
+    notes = list(target.notes)
+    roles = live_roles(me.grants, at=now)
+    if judgement is None:
+        judgement = _scopes(action=action, resource=resource, cleaned=cleaned, me=me, roles=roles, state=None)
+    identified = time.perf_counter()
+    estimate = billing.estimate_cost(action=action, resource=resource, cleaned=cleaned, at=now, price=facts.price)
+    carried = flow if flow is not None else flow_of(reads=facts.reads, tools=facts.tools,
+                                                    declared=cleaned.get("declared_label"))
+    sink, sink_name = sink_clearance(action=action, resource=resource, host=cleaned.get("host"), found=facts.sinks)
+    assessment = _assess(judgement=judgement, action=action, resource=resource, me=me, roles=roles, target=target,
+                         estimate=estimate, carried=carried, sink=sink, sink_name=sink_name, delegation=None)
+    judgement = assessment.judgement
+    judged = time.perf_counter()
+    if judgement.outcome == ActionOutcome.PENDING_APPROVAL:
+        return None  # an approval request: the slow path writes it
+    allowed = judgement.outcome == ActionOutcome.ALLOWED
+    if allowed and estimate.micros and me.budgets and me.open_periods < me.budgets:
+        return None  # the month's first request: the slow path opens the budget periods
+    reserved = estimate.micros if allowed else 0  # as billing.reserve holds it, covered or not
+    fields, event = _records(action_id=action_id, agent=agent, key=key, delegation=None, action=action,
+                             resource=resource, context=context, digest=digest, idempotency_key=idempotency_key,
+                             now=now, me=me, target=target, assessment=assessment, judgement=judgement,
+                             reasons=[*judgement.reasons, *notes], estimate=estimate, reserved=reserved, chain=[],
+                             carried=carried, sink=sink, sink_name=sink_name)
+    written = hotpath.commit(action=fields, event=event, head=facts.head, agent=agent, key_id=key_id,
+                             month=billing.period_start(now), budgets=me.budgets, reserve=reserved,
+                             touch=now if _touch(me, now) else None, check_identity=judgement.outcome != ActionOutcome.DENIED)
+    if written is None:
+        return None
+    done = time.perf_counter()
+    _counted(action=action, outcome=judgement.outcome, team=me.team, reserved=reserved,
+             stages={"identity": identified - started, "policy": judged - identified, "write": done - judged})
+    record = sql.as_saved(Action, fields)
+    record.agent = agent
+    return record
+
+
+@transaction.atomic
+def _judge_slow(*, agent, action, resource, context, cleaned, key, on_behalf_of, idempotency_key, digest,
+                flow=None, denial: str | None = None) -> Action:
+    now = timezone.now()
+    action_id = uuid.uuid4()
+    started = time.perf_counter()
+    # 1. Identity: the newest committed state, read inside this transaction.
+    me = _snapshot(agent.pk, billing.period_start(now), key.pk if key is not None else None)
+    judgement: Judgement | None = _deny(denial) if denial else None
+    problem = _identity_problem(name=me.name, status=me.status, status_reason=me.status_reason,
+                                key_usable=me.key_usable)
+    if judgement is None and problem:
+        judgement = _deny(problem)
+    try:
+        target = _target(action, resource, cleaned, now)  # an unknown agent cannot be judged; an unknown view is denied
+    except ValidationError:
+        if judgement is None:
+            raise
+        # Denied anyway: say nothing about which agents exist to an identity that may not act.
+        target = Target({"uid": {"type": ACTION_RESOURCE[action], "id": resource}, "attrs": {}, "parents": []})
+    notes = list(target.notes)
+    delegation = None
+    chain: list[dict] = []
+    state = None
+    if on_behalf_of is not None:
+        delegation = Delegation.objects.select_related("delegate", "delegator_user", "delegator_agent").filter(
+            pk=on_behalf_of
+        ).first()
+        if delegation is None or delegation.delegate_id != agent.pk:
+            raise ValidationError({"on_behalf_of": "No such delegation to this agent."})
+        state = delegation_state(delegation, at=now)
+        chain = state.chain
+        if judgement is None and state.problem:
+            judgement = _deny(f"delegation chain is not valid: {state.problem}")
+    if judgement is None and target.problem:
+        judgement = _deny(target.problem)
+
+    # 2. Scopes (and the agent's capability lists).
+    roles = live_roles(me.grants, at=now)
+    if judgement is None:
+        judgement = _scopes(action=action, resource=resource, cleaned=cleaned, me=me, roles=roles, state=state)
+
+    # 3. Policies, on Warden's own figures: its estimate, the registry's classification.
+    identified = time.perf_counter()
+    estimate = billing.estimate_cost(action=action, resource=resource, cleaned=cleaned, at=now)
+    # What the request carries, and how sensitive data its receiver may get (governance/flow.py).
+    carried, sink, sink_name = None, me.clearance, f"agent {me.name}"
+    if action in OUTBOUND:
+        if flow is not None:
+            carried = flow
+        else:  # over the API: what it read lately, and what every agent it acts for read (the chain's)
+            carried = api_flow_of_chain(agent_id=agent.pk, chain=chain, now=now, declared=cleaned.get("declared_label"))
+        sink, sink_name = sink_clearance(action=action, resource=resource, host=cleaned.get("host"))
+    elif action == "data.read" and target.view is not None:
+        # What this reader gets (its clearance decides the masks): a flow from the view to the agent itself.
+        asked = context.get("columns")
+        asked = [c for c in asked if isinstance(c, str)] if isinstance(asked, list) else None
+        served = served_classification(target.view, me.clearance, asked)
+        carried = Flow(served, ({"view": resource, "classification": Clearance(served).label},))
+        target = dataclasses.replace(target, classification=served)
+    assessment = _assess(judgement=judgement, action=action, resource=resource, me=me, roles=roles, target=target,
+                         estimate=estimate, carried=carried, sink=sink, sink_name=sink_name, delegation=delegation)
+    judgement = assessment.judgement
+
+    # 4. Budget: reserve at every covering budget, or at none.
+    judged = time.perf_counter()
+    reserved = 0
     if judgement.outcome == ActionOutcome.ALLOWED:
         reservation = billing.reserve(agent=agent, action_id=action_id, micros=estimate.micros, at=now,
                                       covering=me.budgets, open_=me.open_periods)
@@ -486,17 +632,11 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
     reasons = [*judgement.reasons, *notes]
     budgeted = time.perf_counter()
 
-    fields = {
-        "id": action_id, "agent_id": agent.pk, "key_id": key.pk if key is not None else None,
-        "delegation_id": delegation.pk if delegation is not None else None, "action": action, "resource": resource,
-        "context": context, "cedar_context": cedar_context, "cedar_entities": entities,
-        "idempotency_key": idempotency_key or None, "request_digest": digest, "outcome": judgement.outcome,
-        "reasons": reasons, "policy_ids": judgement.policies, "observed": judgement.observed,
-        "policy_version": policy_version, "delegation_chain": chain, "estimated_cost_micros": estimate.micros,
-        "reserved_micros": reserved, "allowed_at": now if judgement.outcome == ActionOutcome.ALLOWED else None,
-        "status": ActionStatus.DECIDED, "usage": None, "actual_cost_micros": None,
-        "correlation_id": current_correlation_id(), "created_at": now, "completed_at": None,
-    }
+    fields, event = _records(action_id=action_id, agent=agent, key=key, delegation=delegation, action=action,
+                             resource=resource, context=context, digest=digest, idempotency_key=idempotency_key,
+                             now=now, me=me, target=target, assessment=assessment, judgement=judgement,
+                             reasons=reasons, estimate=estimate, reserved=reserved, chain=chain, carried=carried,
+                             sink=sink, sink_name=sink_name)
     sql.insert("governance_action", fields, json_fields=ACTION_JSON_FIELDS)
     record = sql.as_saved(Action, fields)
     record.agent = agent
@@ -505,44 +645,19 @@ def _judge(*, agent, action, resource, context, cleaned, key, on_behalf_of, idem
                       approvals=judgement.approvals, expires_in=judgement.expires_in,
                       budget_ids=judgement.over_budget_ids, now=now)
     # Before the audit event: the agent row, then its chain head, as a suspension takes them.
-    if me.last_seen_at is None or me.last_seen_at < now - dt.timedelta(seconds=30):
+    if _touch(me, now):
         Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)
 
     # 5. Audit, in the same transaction.
-    audit_record(
-        action=f"gate.{action}",
-        actor=Actor("agent", str(agent.pk), me.name),
-        agent=agent,
-        team=me.team,
-        resource=f"{ACTION_RESOURCE[action]}::{resource}",
-        outcome=judgement.outcome,
-        reasons=reasons,
-        delegation_chain=chain,
-        policy_ids=judgement.policies,
-        policy_version=policy_version,
-        cost_micros=estimate.micros,
-        data_classification=(Clearance(target.classification).label if action == "data.read" else
-                             Clearance(carried.classification).label if carried is not None and carried.classification
-                             else ""),
-        payload={"action_id": str(record.pk), "reserved_micros": reserved, "observed": judgement.observed,
-                 "idempotency_key": idempotency_key or "", "warden_estimate_micros": estimate.warden_micros,
-                 **({"data_flow": {**carried.as_dict(), "receiver": sink_name,
-                                   "receiver_clearance": Clearance(sink).label}}
-                    if carried is not None and carried.classification else {})},
-    )
+    audit_record(**event)
     # The chain head is held now; a suspension or key revocation that committed while this decision was
     # made has written to it first, so a fresh read sees it. Allow nothing on a withdrawn identity.
     if judgement.outcome != ActionOutcome.DENIED and not all(usable_now(agent.pk, key.pk if key is not None else None)):
         raise _Superseded
     done = time.perf_counter()
-    # Counted once the decision is committed (never for one that rolled back).
-    stages = {"identity": identified - started, "policy": judged - identified, "budget": budgeted - judged,
-              "audit": done - budgeted}
-
-    def counted():
-        metrics.decision(action=action, outcome=judgement.outcome, team=me.team, reserved=reserved, stages=stages)
-
-    transaction.on_commit(counted)
+    _counted(action=action, outcome=judgement.outcome, team=me.team, reserved=reserved,
+             stages={"identity": identified - started, "policy": judged - identified, "budget": budgeted - judged,
+                     "audit": done - budgeted})
     return record
 
 

@@ -252,6 +252,9 @@ class Action(models.Model):
             # What an agent read lately (governance/flow.py asks on every outbound call over the API).
             models.Index(fields=["agent", "-created_at"], condition=Q(action="data.read", outcome="allowed"),
                          name="action_reads_by_agent_idx"),
+            # The latest call of each tool answering sensitive data (flow.py, hotpath.py: every outbound call).
+            models.Index(fields=["agent", "resource", "-created_at"], condition=Q(action="tool.call", outcome="allowed"),
+                         name="action_tool_calls_idx"),
         ]
 
 

@@ -380,6 +380,9 @@ WARDEN_DATA_DATABASES = envlist("WARDEN_DATA_DATABASES")
 # Information flow (governance/flow.py): an agent that read data over the REST API is taken to hold it for
 # this long; everything it sends meanwhile carries the data's classification.
 WARDEN_FLOW_WINDOW_HOURS = envint("WARDEN_FLOW_WINDOW_HOURS", 24)
+# The gate's hot path (governance/hotpath.py: one read, one write). Off: every request takes the slow path,
+# one statement at a time; the decisions are the same (tests/gate/test_hotpath.py compares them).
+WARDEN_GATE_HOT_PATH = envbool("WARDEN_GATE_HOT_PATH", True)
 # The gateway (agents/gateway): OpenAI-compatible /v1/ for agents that run elsewhere.
 WARDEN_GATEWAY_MAX_TOKENS = envint("WARDEN_GATEWAY_MAX_TOKENS", 1024)  # the cap when a request names none
 WARDEN_GATEWAY_MAX_TOKENS_LIMIT = envint("WARDEN_GATEWAY_MAX_TOKENS_LIMIT", 32_768)  # the most one call may ask
