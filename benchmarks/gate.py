@@ -22,7 +22,7 @@ COMMIT_SQL = importlib.import_module("governance.migrations.0011_gate_commit").S
 def without_audit():
     """The hot path's write without its audit append (no chain head, no event), in the bench's own database,
     to show what the append costs the gate; the real function is put back afterwards."""
-    start = COMMIT_SQL.index("    IF v_seq = 1 THEN")
+    start = COMMIT_SQL.index("    INSERT INTO audit_chainhead")
     end = COMMIT_SQL.index("RETURNING id INTO v_event;") + len("RETURNING id INTO v_event;")
     variant = COMMIT_SQL[:start] + "    v_event := 0;" + COMMIT_SQL[end:]
     with connection.cursor() as cursor:

@@ -237,7 +237,7 @@ def _snapshot_sql() -> str:
 
 
 def _snapshot(agent_id, month: dt.date, key_id) -> Snapshot:
-    with connection.cursor() as cursor:
+    with hotpath.prepared_cursor() as cursor:  # planning it took longer than running it
         cursor.execute(_snapshot_sql(), [month, key_id, agent_id])
         row = cursor.fetchone()
     if row is None:
@@ -539,7 +539,7 @@ def _judge_fast(*, agent, action, resource, context, cleaned, key, on_behalf_of,
                              now=now, me=me, target=target, assessment=assessment, judgement=judgement,
                              reasons=[*judgement.reasons, *notes], estimate=estimate, reserved=reserved, chain=[],
                              carried=carried, sink=sink, sink_name=sink_name)
-    written = hotpath.commit(action=fields, event=event, head=facts.head, agent=agent, key_id=key_id,
+    written = hotpath.commit(action=fields, event=event, agent=agent, key_id=key_id,
                              month=billing.period_start(now), budgets=me.budgets, reserve=reserved,
                              touch=now if _touch(me, now) else None, check_identity=judgement.outcome != ActionOutcome.DENIED)
     if written is None:
@@ -549,6 +549,7 @@ def _judge_fast(*, agent, action, resource, context, cleaned, key, on_behalf_of,
              stages={"identity": identified - started, "policy": judged - identified, "write": done - judged})
     record = sql.as_saved(Action, fields)
     record.agent = agent
+    Action.approval.related.set_cached_value(record, None)  # none: nothing on this path waits for a person
     return record
 
 
@@ -640,10 +641,12 @@ def _judge_slow(*, agent, action, resource, context, cleaned, key, on_behalf_of,
     sql.insert("governance_action", fields, json_fields=ACTION_JSON_FIELDS)
     record = sql.as_saved(Action, fields)
     record.agent = agent
+    approval = None
     if judgement.outcome == ActionOutcome.PENDING_APPROVAL:
-        approval_open(action=record, groups=judgement.escalate_to or ["admin"], reasons=judgement.reasons,
-                      approvals=judgement.approvals, expires_in=judgement.expires_in,
-                      budget_ids=judgement.over_budget_ids, now=now)
+        approval = approval_open(action=record, groups=judgement.escalate_to or ["admin"], reasons=judgement.reasons,
+                                 approvals=judgement.approvals, expires_in=judgement.expires_in,
+                                 budget_ids=judgement.over_budget_ids, now=now)
+    Action.approval.related.set_cached_value(record, approval)  # what the answer shows, without asking again
     # Before the audit event: the agent row, then its chain head, as a suspension takes them.
     if _touch(me, now):
         Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)

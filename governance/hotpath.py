@@ -6,16 +6,17 @@ Most requests are a model, tool or HTTP call by an agent for itself. For those t
 1. `read`: one statement returns everything the judgement needs: the agent, its owner and team, its
    live grants, the key's state, the newest policy-set version, how many budgets cover it and how many
    of their periods this month are open, Warden's price for the resource, the receiving data sink's
-   clearance, what the agent read or was answered lately (governance/flow.py), and its audit chain head.
+   clearance, and what the agent read or was answered lately (governance/flow.py).
 2. `commit`: one call of `warden_gate_commit` (governance migration 0011) writes the judgement
    atomically: the reservation at every covering budget (periods locked in budget order, each checked
    against its limit with the newest committed figures), the Action, the agent's last-seen time, the
-   audit event with its chain head, and a fresh check that the agent and its key may still act.
+   audit event, chained under the chain head's lock (Python sends the event's canonical bytes but for the
+   link; the function hashes them with the link it takes), and a fresh check that the agent and its key may
+   still act.
 
 Both happen outside any transaction of Django's (each statement is its own; inside a caller's transaction
 the write takes a savepoint). The write assumes what the read saw: if a budget would be exceeded, this
-month's periods are not open yet, the chain head moved on (another decision of the same agent, a
-suspension), or the identity was withdrawn meanwhile, it raises SQLSTATE WG001, writes nothing, and the
+month's periods are not open yet, or the identity was withdrawn meanwhile (a suspension), it raises SQLSTATE WG001, writes nothing, and the
 gate judges the request again on the slow path (`gate._judge_slow`), which takes its locks first and
 writes approvals and budget refusals. So the two paths can never disagree about what is written: the
 differential test (tests/gate/test_hotpath.py) runs generated requests through both.
@@ -29,13 +30,14 @@ import functools
 from dataclasses import dataclass
 
 import orjson
+from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.utils import CursorWrapper
 
 from audit.live import publish_on_commit
 from audit.models import GENESIS
-from audit.services import audit_fields, chain_of
+from audit.services import audit_fields, canonical_parts, chain_of
 from billing import services as billing
 
 from .flow import SINK_KIND, sink_name, windows
@@ -73,8 +75,7 @@ READ_EXTRA = """
                  FROM (SELECT sv.name || '/' || m.name AS resource, m.returns
                        FROM agents_mcptool m JOIN agents_mcpserver sv ON sv.id = m.server_id
                        WHERE m.returns > 0) tool) c
-           WHERE c.id IS NOT NULL) END,
-       (SELECT json_build_array(h.seq, h.hash) FROM audit_chainhead h WHERE h.chain = %(chain)s)
+           WHERE c.id IS NOT NULL) END
 """
 
 
@@ -90,17 +91,22 @@ class _PreparedCursor(ServerBindingCursor):
         return super().execute(query, params, prepare=True, binary=binary)
 
 
-def _cursor() -> CursorWrapper:
-    """A cursor of Django's connection (its execute wrappers and error translation apply) that prepares."""
+def prepared_cursor() -> CursorWrapper:
+    """A cursor of Django's connection (its execute wrappers and error translation apply) that prepares
+    (WARDEN_GATE_PREPARE off, e.g. behind a pooler that cannot keep prepared statements: a plain one)."""
+    if not settings.WARDEN_GATE_PREPARE:
+        return connection.cursor()
     connection.ensure_connection()
     raw = connection.connection
     if raw.prepare_threshold is None:  # Django turns preparing off; Django's client-side cursors never prepare
         raw.prepare_threshold = NEVER
-        if not connection.in_atomic_block:
-            # Plan the prepared statements once: with custom plans PostgreSQL plans the read anew on every
-            # execution (its generic plan looks costlier on paper than it is). Only these statements are
-            # prepared on the connection, so nothing else is affected.
-            raw.execute("SET plan_cache_mode = force_generic_plan")
+    if not getattr(raw, "_warden_generic_plans", False) and not connection.in_atomic_block:
+        # Plan the prepared statements once: with custom plans PostgreSQL plans the read anew on every execution
+        # (its generic plan looks costlier on paper than it is). Only these statements are prepared on the
+        # connection, so nothing else is affected. Outside a transaction, so no rollback undoes it. (A plan lives as
+        # long as the connection, DB_CONN_MAX_AGE, or until ANALYZE or DDL invalidates it.)
+        raw.execute("SET plan_cache_mode = force_generic_plan")
+        raw._warden_generic_plans = True
     return CursorWrapper(_PreparedCursor(raw), connection)
 
 
@@ -120,7 +126,6 @@ class Facts:
     sinks: dict
     reads: list  # [(action id, view, level)], most sensitive first
     tools: list  # [(action id, tool, level)] by tool
-    head: tuple | None  # (seq, hash) of the agent's audit chain, None before its first event
 
 
 def read(*, agent_id, key_id, action: str, resource: str, host: str | None, now: dt.datetime,
@@ -134,42 +139,41 @@ def read(*, agent_id, key_id, action: str, resource: str, host: str | None, now:
     priced = billing._priced_name(action, resource)
     since, asked_since = windows(now)
     sink_kind, sink = sink_name(action=action, resource=resource, host=host) if action in SINK_KIND else ("", "")
-    with _cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_read_sql(), {
             "month": billing.period_start(now), "key": key_id, "agent": agent_id, "now": now,
             "price_kind": kind, "price_name": priced,
             "price_names": [priced, billing.DEFAULT_ENDPOINT] if kind == "endpoint" else [priced],
             "sink_kind": sink_kind, "sink_name": sink, "flow": want_flow, "since": since,
-            "asked_since": asked_since, "chain": f"agent:{agent_id}",
+            "asked_since": asked_since,
         })
         row = cursor.fetchone()
     if row is None:
         raise Agent.DoesNotExist
-    *snapshot, price, sinks, reads, tools, head = row
+    *snapshot, price, sinks, reads, tools = row
     return Facts(me=_snapshot_of(snapshot, key_id=key_id, agent_id=agent_id),
                  price=tuple(price) if price is not None else None, sinks=sinks or {},
-                 reads=[tuple(item) for item in reads or []], tools=[tuple(item) for item in tools or []],
-                 head=tuple(head) if head is not None else None)
+                 reads=[tuple(item) for item in reads or []], tools=[tuple(item) for item in tools or []])
 
 
-def commit(*, action: dict, event: dict, head: tuple | None, agent, key_id, month: dt.date, budgets: int,
-           reserve: int, touch: dt.datetime | None, check_identity: bool) -> int | None:
+def commit(*, action: dict, event: dict, agent, key_id, month: dt.date, budgets: int, reserve: int,
+           touch: dt.datetime | None, check_identity: bool) -> int | None:
     """Write the judgement in one call; the audit event's id, or None when what the read saw has changed
-    (nothing is written then)."""
-    seq, prev_hash = (head[0] + 1, head[1]) if head is not None else (1, GENESIS)
-    fields = audit_fields(chain=chain_of(agent), seq=seq, prev_hash=prev_hash, **event)
+    (nothing is written then). The event is chained by the function, under the chain head's lock."""
+    fields = audit_fields(chain=chain_of(agent), seq=0, prev_hash=GENESIS, **event)  # the link: the function's
+    head, middle, tail = canonical_parts(fields)
     try:
         action_json, event_json = orjson.dumps(action).decode(), orjson.dumps(fields).decode()
     except (orjson.JSONEncodeError, TypeError):
         return None  # not for this path (the slow path's own encoder decides)
     savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     try:
-        with savepoint, _cursor() as cursor:
+        with savepoint, prepared_cursor() as cursor:
             cursor.execute(
-                "SELECT warden_gate_commit(%s::jsonb, %s::jsonb, %s::uuid, %s::bigint, %s::uuid, %s::date, "
-                "%s::integer, %s::bigint, %s::timestamptz, %s::boolean)",
-                [action_json, event_json, agent.pk, agent.team_id, key_id, month, budgets, reserve, touch,
-                 check_identity],
+                "SELECT warden_gate_commit(%s::jsonb, %s::jsonb, %s::bytea, %s::bytea, %s::bytea, %s::uuid, "
+                "%s::bigint, %s::uuid, %s::date, %s::integer, %s::bigint, %s::timestamptz, %s::boolean)",
+                [action_json, event_json, head, middle, tail, agent.pk, agent.team_id, key_id, month, budgets,
+                 reserve, touch, check_identity],
             )
             event_id = cursor.fetchone()[0]
     except DatabaseError as exc:

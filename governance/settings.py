@@ -383,6 +383,9 @@ WARDEN_FLOW_WINDOW_HOURS = envint("WARDEN_FLOW_WINDOW_HOURS", 24)
 # The gate's hot path (governance/hotpath.py: one read, one write). Off: every request takes the slow path,
 # one statement at a time; the decisions are the same (tests/gate/test_hotpath.py compares them).
 WARDEN_GATE_HOT_PATH = envbool("WARDEN_GATE_HOT_PATH", True)
+# The gate's reads and its write are prepared statements on each connection (planned once). Turn off behind a
+# connection pooler that cannot keep prepared statements (PgBouncer before 1.21 in transaction mode).
+WARDEN_GATE_PREPARE = envbool("WARDEN_GATE_PREPARE", True)
 # The gateway (agents/gateway): OpenAI-compatible /v1/ for agents that run elsewhere.
 WARDEN_GATEWAY_MAX_TOKENS = envint("WARDEN_GATEWAY_MAX_TOKENS", 1024)  # the cap when a request names none
 WARDEN_GATEWAY_MAX_TOKENS_LIMIT = envint("WARDEN_GATEWAY_MAX_TOKENS_LIMIT", 32_768)  # the most one call may ask

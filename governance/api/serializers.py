@@ -66,6 +66,48 @@ class ActionOutput(serializers.Serializer):
         return ApprovalOutput(approval).data
 
 
+_DATETIME = serializers.DateTimeField()
+
+
+def _strings(values):
+    return None if values is None else [None if item is None else str(item) for item in values]
+
+
+def _mapping(value):
+    return None if value is None else {str(key): item for key, item in value.items()}
+
+
+def action_output(action: Action) -> dict:
+    """What `ActionOutput(action).data` gives, without DRF building and copying nineteen fields for every
+    answer of the gate (a third of a bare request's time). ActionOutput stays the OpenAPI schema;
+    tests/gate/test_action_output.py holds the two equal."""
+    try:
+        approval = action.approval
+    except Action.approval.RelatedObjectDoesNotExist:
+        approval = None
+    return {
+        "id": str(action.id),
+        "agent": str(action.agent.name),
+        "action": str(action.action),
+        "resource": str(action.resource),
+        "outcome": str(action.outcome),
+        "status": str(action.status),
+        "reasons": _strings(action.reasons),
+        "policies": _strings(action.policy_ids),
+        "policy_version": None if action.policy_version is None else int(action.policy_version),
+        "observed": _mapping(action.observed),
+        "estimated_cost_micros": int(action.estimated_cost_micros),
+        "reserved": int(action.reserved_micros),
+        "actual_cost_micros": None if action.actual_cost_micros is None else int(action.actual_cost_micros),
+        "usage": _mapping(action.usage),
+        "delegation_chain": None if action.delegation_chain is None else [_mapping(hop) for hop in action.delegation_chain],
+        "approval": None if approval is None else ApprovalOutput(approval).data,
+        "correlation_id": str(action.correlation_id),
+        "created_at": _DATETIME.to_representation(action.created_at),
+        "completed_at": _DATETIME.to_representation(action.completed_at),
+    }
+
+
 class CompleteInput(serializers.Serializer):
     status = serializers.ChoiceField(choices=["succeeded", "failed"])
     usage = serializers.DictField(

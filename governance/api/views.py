@@ -80,7 +80,7 @@ class ActionListView(APIView):
                 on_behalf_of=data.get("on_behalf_of"),
                 idempotency_key=data.get("idempotency_key"),
             )
-        return Response(s.ActionOutput(action).data, status=status.HTTP_201_CREATED)
+        return Response(s.action_output(action), status=status.HTTP_201_CREATED)
 
 
 class ActionDetailView(APIView):
@@ -93,7 +93,7 @@ class ActionDetailView(APIView):
     @extend_schema(parameters=[s.ActionWaitInput], responses=s.ActionOutput)
     def get(self, request, action_id):
         valid(s.ActionWaitInput, request.query_params)
-        return Response(s.ActionOutput(_action_for(request, action_id)).data)
+        return Response(s.action_output(_action_for(request, action_id)))
 
 
 class ActionCompleteView(APIView):

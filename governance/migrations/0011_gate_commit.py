@@ -2,7 +2,10 @@
 
 It writes what `gate._judge_fast` decided, in the order the slow path and every other writer take their
 locks (budget periods by budget, the Action, the agent row, the audit chain head), or raises SQLSTATE
-WG001 and writes nothing when what the read saw no longer holds. SECURITY INVOKER: it runs with the
+WG001 and writes nothing when what the read saw no longer holds. The audit event is chained here, under
+the chain head's lock: Python sends its canonical bytes but for the link (previous hash, sequence number),
+and the function hashes them with the link it takes, so one agent's concurrent decisions queue on the lock
+instead of failing over to the slow path. SECURITY INVOKER: it runs with the
 caller's (the application role's) privileges, so it can do nothing the gate's statements could not.
 """
 
@@ -22,8 +25,9 @@ EVENT_COLUMNS = (
 
 SQL = f"""
 CREATE OR REPLACE FUNCTION warden_gate_commit(
-    p_action jsonb, p_event jsonb, p_agent uuid, p_team agents_agent.team_id%TYPE, p_key uuid, p_month date,
-    p_budgets integer, p_reserve bigint, p_touch timestamptz, p_check_identity boolean
+    p_action jsonb, p_event jsonb, p_head bytea, p_middle bytea, p_tail bytea, p_agent uuid,
+    p_team agents_agent.team_id%TYPE, p_key uuid, p_month date, p_budgets integer, p_reserve bigint,
+    p_touch timestamptz, p_check_identity boolean
 ) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_periods bigint[];
@@ -31,7 +35,9 @@ DECLARE
     v_event bigint;
     v_usable boolean;
     v_chain text := p_event ->> 'chain';
-    v_seq bigint := (p_event ->> 'seq')::bigint;
+    v_seq bigint;
+    v_prev text;
+    v_hash text;
 BEGIN
     -- 1. Reserve at every covering budget's period this month, or at none (billing.reserve's rule).
     IF p_reserve > 0 AND p_budgets > 0 THEN
@@ -59,18 +65,17 @@ BEGIN
     IF p_touch IS NOT NULL THEN
         UPDATE agents_agent SET last_seen_at = p_touch WHERE id = p_agent;
     END IF;
-    IF v_seq = 1 THEN
-        INSERT INTO audit_chainhead (chain, seq, hash) VALUES (v_chain, 1, p_event ->> 'hash')
-        ON CONFLICT (chain) DO NOTHING;
-    ELSE
-        UPDATE audit_chainhead SET seq = v_seq, hash = p_event ->> 'hash'
-        WHERE chain = v_chain AND seq = v_seq - 1 AND hash = p_event ->> 'prev_hash';
-    END IF;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'the audit chain head moved on' USING ERRCODE = 'WG001';
-    END IF;
+    -- The next link (as audit.services._claim_link takes it), and the event's hash over its canonical bytes
+    -- (audit.services.canonical): what Python wrote around the two values only this lock knows.
+    INSERT INTO audit_chainhead (chain, seq, hash) VALUES (v_chain, 1, repeat('0', 64))
+    ON CONFLICT (chain) DO UPDATE SET seq = audit_chainhead.seq + 1
+    RETURNING seq, hash INTO v_seq, v_prev;
+    v_hash := encode(sha256(p_head || convert_to(v_prev, 'UTF8') || p_middle || convert_to(v_seq::text, 'UTF8')
+                            || p_tail), 'hex');
+    UPDATE audit_chainhead SET hash = v_hash WHERE chain = v_chain;
     INSERT INTO audit_auditevent ({", ".join(EVENT_COLUMNS)})
-    SELECT {", ".join(EVENT_COLUMNS)} FROM jsonb_populate_record(NULL::audit_auditevent, p_event)
+    SELECT {", ".join({"seq": "v_seq", "prev_hash": "v_prev", "hash": "v_hash"}.get(c, c) for c in EVENT_COLUMNS)}
+    FROM jsonb_populate_record(NULL::audit_auditevent, p_event)
     RETURNING id INTO v_event;
 
     -- 4. A suspension or key revocation that committed meanwhile wrote the chain head first: this read sees it.

@@ -77,3 +77,19 @@ def test_the_canonical_form_is_a_fixed_point_the_edge_accepts(value):
     assert canonical_form(once) == once
     assert json_problem(once, path="value", max_depth=40, floats=False) is None
     check_json(once, field="value", max_depth=40, max_bytes=None)  # what audit_record stores, the edge accepts
+
+
+@SETTINGS
+@given(payload=json_values, text=st.text(max_size=40), seq=st.integers(min_value=1, max_value=2**62),
+       prev=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64))
+def test_the_hot_paths_pieces_put_together_are_the_canonical_bytes(payload, text, seq, prev):
+    """What the gate's hot path sends PostgreSQL to hash (governance/hotpath.py): the canonical bytes cut
+    around the link, whatever the event holds (a reason spelling "seq":0, a payload key prev_hash ...)."""
+    from audit.services import Actor, audit_fields, canonical, canonical_parts
+
+    fields = audit_fields(chain="agent:x", seq=seq, prev_hash=prev, action="gate.llm.call",
+                          actor=Actor("agent", "x", text), resource=text,
+                          reasons=[text, '"seq":0', '"prev_hash":"\x00"', payload],
+                          payload={"value": payload, text: text, "seq": 0, "prev_hash": "\x00"})
+    head, middle, tail = canonical_parts(fields)
+    assert head + prev.encode() + middle + str(seq).encode() + tail == canonical(fields)
