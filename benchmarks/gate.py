@@ -12,7 +12,7 @@ from django.db.models import Count
 
 from benchmarks.policies import p
 from governance import hotpath
-from governance.gate import request_action
+from governance.gate import complete_action, request_action
 from governance.models import Action
 
 COMMIT_SQL = importlib.import_module("governance.migrations.0011_gate_commit").SQL
@@ -136,3 +136,22 @@ def round_trips(report, agent) -> int:
     for statement in statements:
         report(f"  {statement}")
     return total
+
+
+def completion(report, agent, *, calls: int = 150) -> float:
+    """What settling an allowed call costs (gate.complete_action: the reservation settled at Warden's price,
+    the ledger, budget alerts, the audit event): still one statement at a time in a transaction. The gateway
+    answers the agent once the spend is committed, so this is on its response path."""
+    body = {"input_tokens": 800, "max_output_tokens": 200}
+    usage = {"input_tokens": 700, "output_tokens": 100}
+    actions = [request_action(agent=agent, action="llm.call", resource="model-02", context=body)
+               for _ in range(calls + 20)]
+    samples = []
+    for number, action in enumerate(actions):
+        start = time.perf_counter_ns()
+        complete_action(action=action, status="succeeded", usage=usage, usage_source="provider")
+        if number >= 20:
+            samples.append((time.perf_counter_ns() - start) / 1e6)
+    report(f"completing an allowed call (complete_action, on the gateway's response path): p50 {p(samples, 50):.2f} ms, "
+           f"p99 {p(samples, 99):.2f} ms")
+    return p(samples, 50)

@@ -45,6 +45,50 @@ def _wrk(url: str, script: str, connections: int, seconds: int) -> dict:
     return {"rps": rps, "p50": ms("50"), "p99": ms("99"), "non2xx": int(errors.group(1)) if errors else 0}
 
 
+def _cpu_seconds(web_group: int) -> dict[str, float]:
+    """CPU seconds used so far by the web server (its process group: uvicorn and its workers), by PostgreSQL's
+    processes, and by finished children of this process (wrk), from /proc: where a 2-core box's time goes."""
+    import resource
+
+    tick = os.sysconf("SC_CLK_TCK")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = {"web": 0.0, "postgres": 0.0, "wrk": children.ru_utime + children.ru_stime}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        if int(fields[2]) == web_group:
+            used["web"] += seconds
+        elif name.startswith("postgres"):
+            used["postgres"] += seconds
+    return used
+
+
+def _measured(url: str, script: str, connections: int, seconds: int, web_group: int) -> dict:
+    """wrk's figures, and the CPU milliseconds each party spent per request meanwhile."""
+    before = _cpu_seconds(web_group)
+    figures = _wrk(url, script, connections, seconds)
+    after = _cpu_seconds(web_group)
+    requests = max(1.0, figures["rps"] * seconds)
+    figures["cpu_ms"] = {name: (after[name] - before[name]) * 1000 / requests for name in after}
+    return figures
+
+
+def _cpu_line(figures: dict) -> str:
+    cpu = figures["cpu_ms"]
+    total = sum(cpu.values())
+    cores = os.cpu_count() or 1
+    return (f"CPU per request: web {cpu['web']:.1f} ms, PostgreSQL {cpu['postgres']:.1f} ms, wrk {cpu['wrk']:.1f} ms "
+            f"= {total:.1f} ms: {cores} cores allow ~{cores * 1000 / total:.0f} req/s")
+
+
 def propagation(base: str, secret: str, body: str) -> str:
     """Publish a forbid-all policy and time until the served decisions change, across workers."""
     from governance.models import Policy
@@ -107,13 +151,15 @@ def run(report, secret: str, *, workers: int = 2, connections: int = 16, seconds
         gate = header + f"wrk.method = \"POST\"\nwrk.body = {json.dumps(body)}\n"
         _wrk(base + "/api/v1/agents/me/", bare, connections, 2)  # warm up both paths
         _wrk(base + "/api/v1/actions/", gate, connections, 2)
-        ceiling = _wrk(base + "/api/v1/agents/me/", bare, connections, seconds)
-        actions = _wrk(base + "/api/v1/actions/", gate, connections, seconds)
+        ceiling = _measured(base + "/api/v1/agents/me/", bare, connections, seconds, server.pid)
+        actions = _measured(base + "/api/v1/actions/", gate, connections, seconds, server.pid)
         report(f"bare authenticated DRF endpoint (GET /api/v1/agents/me/): {ceiling['rps']:.0f} req/s, "
-               f"p50 {ceiling['p50']:.1f} ms, p99 {ceiling['p99']:.1f} ms, non-2xx {ceiling['non2xx']}")
+               f"p50 {ceiling['p50']:.1f} ms, p99 {ceiling['p99']:.1f} ms, non-2xx {ceiling['non2xx']}; "
+               + _cpu_line(ceiling))
         report(f"POST /api/v1/actions/ (the gate):                     {actions['rps']:.0f} req/s, "
                f"p50 {actions['p50']:.1f} ms, p99 {actions['p99']:.1f} ms, non-2xx {actions['non2xx']} "
-               f"= {actions['rps'] / ceiling['rps'] * 100:.0f}% of the bare endpoint")
+               f"= {actions['rps'] / ceiling['rps'] * 100:.0f}% of the bare endpoint (target >= 80%); "
+               + _cpu_line(actions))
         report(propagation(base, secret, body))
         report(approval_wake(base, secret))
         report(gateway_overhead(base, secret, upstream.url))
@@ -202,7 +248,7 @@ def gateway_overhead(base: str, secret: str, upstream_url: str, *, rounds: int =
     return (f"gateway (POST /v1/chat/completions, {rounds} calls one at a time, instant local upstream): direct "
             f"p50 {pct(direct, .5):.1f} ms p99 {pct(direct, .99):.1f} ms; through Warden p50 {pct(through, .5):.1f} ms "
             f"p99 {pct(through, .99):.1f} ms; Warden adds {pct(through, .5) - pct(direct, .5):.1f} ms p50, "
-            f"{pct(through, .99) - pct(direct, .99):.1f} ms p99; non-200 {failures} [proxies add 2-12 ms p50]")
+            f"{pct(through, .99) - pct(direct, .99):.1f} ms p99 (target <= 3 ms p50, <= 15 ms p99); non-200 {failures}")
 
 
 def processes(report, secret: str, *, many: int, connections: int = 16, seconds: int = 10) -> None:
@@ -234,7 +280,7 @@ def processes(report, secret: str, *, many: int, connections: int = 16, seconds:
                 except OSError:
                     time.sleep(0.2)
             _wrk(base + "/api/v1/actions/", script, connections, 2)  # warm every process
-            figures[workers] = _wrk(base + "/api/v1/actions/", script, connections, seconds)
+            figures[workers] = _measured(base + "/api/v1/actions/", script, connections, seconds, server.pid)
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             try:
@@ -244,4 +290,5 @@ def processes(report, secret: str, *, many: int, connections: int = 16, seconds:
             log.close()
     one, all_ = figures[1], figures[many]
     report(f"1 process: {one['rps']:.0f} req/s (p50 {one['p50']:.1f} ms); {many} processes: {all_['rps']:.0f} req/s "
-           f"(p50 {all_['p50']:.1f} ms) = {all_['rps'] / one['rps']:.2f}x (target >= 1.6x with 2 processes)")
+           f"(p50 {all_['p50']:.1f} ms) = {all_['rps'] / one['rps']:.2f}x (target >= 1.6x with 2 processes); with "
+           f"{many}: " + _cpu_line(all_))

@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
     if "gate" in sections:
         gate.round_trips(report, agents[0])
         gate.run(report, agents, threads=1, calls=400)
+        gate.completion(report, agents[1])
         gate.run(report, agents, threads=8, calls=300)
         report("== Gate at 8 callers: with and without the audit append (small audit table) ==")
         with_ = gate.run(report, agents, threads=8, calls=300)

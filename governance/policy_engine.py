@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import orjson
 from cedarpy import Decision, Entities, PolicySet, Schema, is_authorized, pst, validate_policies
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "cedar" / "warden.cedarschema"
@@ -282,7 +283,29 @@ class Request:
         }
 
     def entities(self) -> Entities:
-        return base_entities().with_added_json_str(json.dumps([self.agent, self.resource]))
+        return entities_for(self.agent, self.resource)
+
+
+ENTITY_CACHE_SIZE = 4096
+_entities: OrderedDict[bytes, Entities] = OrderedDict()
+_entities_lock = threading.Lock()
+
+
+def entities_for(agent: dict, resource: dict) -> Entities:
+    """The entities of one request (the action hierarchy, the agent, the resource), built once per distinct
+    pair and kept (the oldest out): building them cost most of the policy step. The key is the whole
+    of both entities as Cedar gets them, so an agent whose roles, lists, clearance or team changed is a new
+    key, never a stale hit."""
+    key = orjson.dumps([agent, resource])
+    found = _entities.get(key)
+    if found is not None:
+        return found
+    built = base_entities().with_added_json_str(key.decode())
+    with _entities_lock:
+        _entities[key] = built
+        if len(_entities) > ENTITY_CACHE_SIZE:
+            _entities.popitem(last=False)
+    return built
 
 
 class _Part:
