@@ -75,17 +75,24 @@ def canonical(fields: dict) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
-def canonical_parts(fields: dict) -> tuple[bytes, bytes, bytes]:
-    """`canonical(fields)` cut around the two values of the link (prev_hash's text, seq's digits):
-    head + prev_hash + middle + str(seq) + tail are the canonical bytes. The gate's hot path sends these
-    and lets PostgreSQL hash them with the link it takes under the chain head's lock (governance/hotpath.py);
-    tests/audit/test_canonical_form.py holds the pieces to `canonical`."""
-    # Unique marks: a NUL is never left in any other text (canonical_form), and between prev_hash and seq the
-    # sorted keys hold only strings (reasons, resource), in which a quote is always escaped.
-    text = canonical({**fields, "prev_hash": "\x00", "seq": 0})
-    head, rest = text.split(b'"prev_hash":"\\u0000"', 1)
-    middle, tail = rest.split(b'"seq":0', 1)
-    return head + b'"prev_hash":"', b'"' + middle + b'"seq":', tail
+def canonical_parts(fields: dict) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """`canonical(fields)` cut around the three values of the link: head + occurred_at's text + after_time +
+    prev_hash + after_prev + str(seq) + tail are the canonical bytes. The gate's hot path sends these and lets
+    PostgreSQL fill in the link it takes under the chain head's lock (governance/hotpath.py);
+    tests/audit/test_canonical_form.py holds the pieces to `canonical`. None if a mark is not where it must
+    be (then the slow path writes the event)."""
+    # Marks: a NUL is never left in any other text (canonical_form), and after prev_hash the sorted keys hold
+    # only strings (reasons, resource) before seq, in which a quote is always escaped.
+    time_mark, prev_mark, seq_mark = b'"occurred_at":"\\u0000"', b'"prev_hash":"\\u0000"', b'"seq":0'
+    text = canonical({**fields, "occurred_at": "\x00", "prev_hash": "\x00", "seq": 0})
+    if text.count(time_mark) != 1 or text.count(prev_mark) != 1:
+        return None
+    head, rest = text.split(time_mark)
+    after_time, rest = rest.split(prev_mark)
+    if seq_mark not in rest:
+        return None
+    after_prev, tail = rest.split(seq_mark, 1)
+    return (head + b'"occurred_at":"', b'"' + after_time + b'"prev_hash":"', b'"' + after_prev + b'"seq":', tail)
 
 
 def event_hash(fields: dict) -> str:

@@ -16,8 +16,9 @@ Most requests are a model, tool or HTTP call by an agent for itself. For those t
 
 Both happen outside any transaction of Django's (each statement is its own; inside a caller's transaction
 the write takes a savepoint). The write assumes what the read saw: if a budget would be exceeded, this
-month's periods are not open yet, or the identity was withdrawn meanwhile (a suspension), it raises SQLSTATE WG001, writes nothing, and the
-gate judges the request again on the slow path (`gate._judge_slow`), which takes its locks first and
+month's periods are not open yet, or the identity was withdrawn meanwhile (a suspension), it writes
+nothing and answers NULL (SQLSTATE WG001 inside the function), and the gate judges the request again on
+the slow path (`gate._judge_slow`), which takes its locks first and
 writes approvals and budget refusals. So the two paths can never disagree about what is written: the
 differential test (tests/gate/test_hotpath.py) runs generated requests through both.
 """
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import orjson
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.utils import CursorWrapper
 
@@ -43,7 +44,6 @@ from billing import services as billing
 from .flow import SINK_KIND, sink_name, windows
 
 ACTIONS = frozenset({"llm.call", "tool.call", "tool.http", "external.call"})
-STALE = "WG001"  # raised by warden_gate_commit: what the read saw no longer holds; nothing was written
 
 READ_EXTRA = """
        (SELECT json_build_array(pr.input_per_million_micros, pr.output_per_million_micros, pr.per_call_micros)
@@ -84,30 +84,26 @@ NEVER = 2**31 - 1  # a prepare threshold no statement reaches: only what asks (p
 
 class _PreparedCursor(ServerBindingCursor):
     """Binds on the server and prepares the statement on first use, once per connection. Django's own cursors
-    bind on the client, so PostgreSQL plans every statement anew: for the read, planning took ~2 ms and
-    running it 0.1 ms."""
+    bind on the client, so PostgreSQL parses and plans every statement anew: for the read, that took longer
+    than running it."""
 
     def execute(self, query, params=None, *, prepare=None, binary=None):
         return super().execute(query, params, prepare=True, binary=binary)
 
 
 def prepared_cursor() -> CursorWrapper:
-    """A cursor of Django's connection (its execute wrappers and error translation apply) that prepares
-    (WARDEN_GATE_PREPARE off, e.g. behind a pooler that cannot keep prepared statements: a plain one)."""
+    """A cursor of Django's connection that prepares, set up as `connection.cursor()` sets up its own (health
+    check, thread check, error translation, query logging). WARDEN_GATE_PREPARE off (a pooler that cannot
+    keep prepared statements): a plain one."""
     if not settings.WARDEN_GATE_PREPARE:
         return connection.cursor()
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
-    raw = connection.connection
-    if raw.prepare_threshold is None:  # Django turns preparing off; Django's client-side cursors never prepare
-        raw.prepare_threshold = NEVER
-    if not getattr(raw, "_warden_generic_plans", False) and not connection.in_atomic_block:
-        # Plan the prepared statements once: with custom plans PostgreSQL plans the read anew on every execution
-        # (its generic plan looks costlier on paper than it is). Only these statements are prepared on the
-        # connection, so nothing else is affected. Outside a transaction, so no rollback undoes it. (A plan lives as
-        # long as the connection, DB_CONN_MAX_AGE, or until ANALYZE or DDL invalidates it.)
-        raw.execute("SET plan_cache_mode = force_generic_plan")
-        raw._warden_generic_plans = True
-    return CursorWrapper(_PreparedCursor(raw), connection)
+    with connection.wrap_database_errors:
+        raw = connection.connection
+        if raw.prepare_threshold is None:  # Django turns preparing off; its client-side cursors never prepare
+            raw.prepare_threshold = NEVER
+        return connection._prepare_cursor(_PreparedCursor(raw))
 
 
 @functools.lru_cache(maxsize=1)
@@ -161,24 +157,25 @@ def commit(*, action: dict, event: dict, agent, key_id, month: dt.date, budgets:
     """Write the judgement in one call; the audit event's id, or None when what the read saw has changed
     (nothing is written then). The event is chained by the function, under the chain head's lock."""
     fields = audit_fields(chain=chain_of(agent), seq=0, prev_hash=GENESIS, **event)  # the link: the function's
-    head, middle, tail = canonical_parts(fields)
+    parts = canonical_parts(fields)
+    if parts is None:
+        return None
     try:
         action_json, event_json = orjson.dumps(action).decode(), orjson.dumps(fields).decode()
     except (orjson.JSONEncodeError, TypeError):
         return None  # not for this path (the slow path's own encoder decides)
+    # In a caller's transaction, a savepoint: an idempotency key taken meanwhile (IntegrityError) must not
+    # break the caller's transaction.
     savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
-    try:
-        with savepoint, prepared_cursor() as cursor:
-            cursor.execute(
-                "SELECT warden_gate_commit(%s::jsonb, %s::jsonb, %s::bytea, %s::bytea, %s::bytea, %s::uuid, "
-                "%s::bigint, %s::uuid, %s::date, %s::integer, %s::bigint, %s::timestamptz, %s::boolean)",
-                [action_json, event_json, head, middle, tail, agent.pk, agent.team_id, key_id, month, budgets,
-                 reserve, touch, check_identity],
-            )
-            event_id = cursor.fetchone()[0]
-    except DatabaseError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) == STALE:
-            return None
-        raise
+    with savepoint, prepared_cursor() as cursor:
+        cursor.execute(
+            "SELECT warden_gate_commit(%s::jsonb, %s::jsonb, %s::bytea, %s::bytea, %s::bytea, %s::bytea, "
+            "%s::uuid, %s::bigint, %s::uuid, %s::date, %s::integer, %s::bigint, %s::timestamptz, %s::boolean)",
+            [action_json, event_json, *parts, agent.pk, agent.team_id, key_id, month, budgets, reserve, touch,
+             check_identity],
+        )
+        event_id = cursor.fetchone()[0]
+    if event_id is None:  # WG001 inside: what the read saw no longer holds; nothing was written
+        return None
     publish_on_commit(event_id)
     return event_id

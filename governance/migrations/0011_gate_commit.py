@@ -2,10 +2,10 @@
 
 It writes what `gate._judge_fast` decided, in the order the slow path and every other writer take their
 locks (budget periods by budget, the Action, the agent row, the audit chain head), or raises SQLSTATE
-WG001 and writes nothing when what the read saw no longer holds. The audit event is chained here, under
-the chain head's lock: Python sends its canonical bytes but for the link (previous hash, sequence number),
-and the function hashes them with the link it takes, so one agent's concurrent decisions queue on the lock
-instead of failing over to the slow path. SECURITY INVOKER: it runs with the
+WG001, caught at the end: nothing is written and the call answers NULL, when what the read saw no longer
+holds. The audit event is chained here, under the chain head's lock: Python sends its canonical bytes but
+for the link (the time, the previous hash, the sequence number), and the function hashes them with the link
+it takes, so one agent's concurrent decisions queue on the lock instead of failing over to the slow path. SECURITY INVOKER: it runs with the
 caller's (the application role's) privileges, so it can do nothing the gate's statements could not.
 """
 
@@ -25,7 +25,7 @@ EVENT_COLUMNS = (
 
 SQL = f"""
 CREATE OR REPLACE FUNCTION warden_gate_commit(
-    p_action jsonb, p_event jsonb, p_head bytea, p_middle bytea, p_tail bytea, p_agent uuid,
+    p_action jsonb, p_event jsonb, p_head bytea, p_after_time bytea, p_after_prev bytea, p_tail bytea, p_agent uuid,
     p_team agents_agent.team_id%TYPE, p_key uuid, p_month date, p_budgets integer, p_reserve bigint,
     p_touch timestamptz, p_check_identity boolean
 ) RETURNS bigint LANGUAGE plpgsql AS $$
@@ -37,8 +37,10 @@ DECLARE
     v_chain text := p_event ->> 'chain';
     v_seq bigint;
     v_prev text;
+    v_at timestamptz;
     v_hash text;
 BEGIN
+  BEGIN  -- WG001 below: nothing this block wrote stays, and the caller gets NULL
     -- 1. Reserve at every covering budget's period this month, or at none (billing.reserve's rule).
     IF p_reserve > 0 AND p_budgets > 0 THEN
         SELECT array_agg(l.id), bool_and(l.fits) INTO v_periods, v_fits FROM (
@@ -70,11 +72,15 @@ BEGIN
     INSERT INTO audit_chainhead (chain, seq, hash) VALUES (v_chain, 1, repeat('0', 64))
     ON CONFLICT (chain) DO UPDATE SET seq = audit_chainhead.seq + 1
     RETURNING seq, hash INTO v_seq, v_prev;
-    v_hash := encode(sha256(p_head || convert_to(v_prev, 'UTF8') || p_middle || convert_to(v_seq::text, 'UTF8')
-                            || p_tail), 'hex');
+    v_at := clock_timestamp();  -- after the lock, as the slow path stamps it: a chain's times follow its order
+    v_hash := encode(sha256(p_head
+                            || convert_to(to_char(v_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), 'UTF8')
+                            || p_after_time || convert_to(v_prev, 'UTF8') || p_after_prev
+                            || convert_to(v_seq::text, 'UTF8') || p_tail), 'hex');
     UPDATE audit_chainhead SET hash = v_hash WHERE chain = v_chain;
     INSERT INTO audit_auditevent ({", ".join(EVENT_COLUMNS)})
-    SELECT {", ".join({"seq": "v_seq", "prev_hash": "v_prev", "hash": "v_hash"}.get(c, c) for c in EVENT_COLUMNS)}
+    SELECT {", ".join({"seq": "v_seq", "prev_hash": "v_prev", "occurred_at": "v_at", "hash": "v_hash"}.get(c, c)
+                      for c in EVENT_COLUMNS)}
     FROM jsonb_populate_record(NULL::audit_auditevent, p_event)
     RETURNING id INTO v_event;
 
@@ -89,6 +95,9 @@ BEGIN
         END IF;
     END IF;
     RETURN v_event;
+  EXCEPTION WHEN SQLSTATE 'WG001' THEN
+    RETURN NULL;  -- (a failing call would also leave its prepared statement behind on the server)
+  END;
 END;
 $$;
 """

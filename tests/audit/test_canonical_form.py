@@ -90,6 +90,9 @@ def test_the_hot_paths_pieces_put_together_are_the_canonical_bytes(payload, text
     fields = audit_fields(chain="agent:x", seq=seq, prev_hash=prev, action="gate.llm.call",
                           actor=Actor("agent", "x", text), resource=text,
                           reasons=[text, '"seq":0', '"prev_hash":"\x00"', payload],
-                          payload={"value": payload, text: text, "seq": 0, "prev_hash": "\x00"})
-    head, middle, tail = canonical_parts(fields)
-    assert head + prev.encode() + middle + str(seq).encode() + tail == canonical(fields)
+                          payload={"value": payload, text: text, "seq": 0, "prev_hash": "\x00",
+                                   "occurred_at": "\x00"})
+    head, after_time, after_prev, tail = canonical_parts(fields)
+    at = fields["occurred_at"].isoformat(timespec="microseconds")  # audit_fields stamps it in UTC
+    assert (head + at.encode() + after_time + prev.encode() + after_prev + str(seq).encode() + tail
+            == canonical(fields))

@@ -260,3 +260,54 @@ def test_decisions_of_one_agent_racing_for_its_chain_head_all_land_once(make_age
     from audit.models import AuditEvent
 
     assert AuditEvent.objects.filter(agent_id=agent.pk, action="gate.llm.call").count() == 201
+    # Stamped under the chain head's lock: the chain's order and its times agree.
+    times = list(AuditEvent.objects.filter(chain=f"agent:{agent.pk}").order_by("seq").values_list("occurred_at",
+                                                                                                  flat=True))
+    assert times == sorted(times)
+
+
+def test_the_write_knows_every_column_it_must_write():
+    """warden_gate_commit names the Action's and the audit event's columns: a column added to either
+    must be added there too (a new migration), or the hot path would drop it."""
+    import importlib
+
+    from audit.services import EVENT_COLUMNS
+
+    migration = importlib.import_module("governance.migrations.0011_gate_commit")
+    assert set(migration.ACTION_COLUMNS) == {field.column for field in Action._meta.concrete_fields}
+    assert tuple(migration.EVENT_COLUMNS) == tuple(EVENT_COLUMNS)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_inside_a_callers_transaction_the_hot_path_writes_with_it_and_rolls_back_with_it(make_agent, policy,
+                                                                                          prices):
+    """The runtime and services may ask the gate inside their own transaction: the write takes a
+    savepoint, commits with the caller, and leaves nothing when the caller rolls back."""
+    from audit.models import AuditEvent
+
+    policy("all", "permit(principal, action, resource);")
+    agent = make_agent("inside", allowed_models=["gpt-4o-mini"])
+    written, commit = [], hotpath.commit
+
+    def counting(**kwargs):
+        written.append(commit(**kwargs))
+        return written[-1]
+
+    hotpath.commit = counting
+    try:
+        with transaction.atomic():
+            kept = gate.request_action(agent=agent, action="llm.call", resource="gpt-4o-mini",
+                                       context={"input_tokens": 10, "max_output_tokens": 10})
+        try:
+            with transaction.atomic():
+                dropped = gate.request_action(agent=agent, action="llm.call", resource="gpt-4o-mini",
+                                              context={"input_tokens": 10, "max_output_tokens": 10})
+                raise RolledBack
+        except RolledBack:
+            pass
+    finally:
+        hotpath.commit = commit
+    assert len(written) == 2 and None not in written  # both on the hot path
+    assert Action.objects.filter(pk=kept.pk).exists() and not Action.objects.filter(pk=dropped.pk).exists()
+    assert AuditEvent.objects.filter(payload__action_id=str(kept.pk)).exists()
+    assert not AuditEvent.objects.filter(payload__action_id=str(dropped.pk)).exists()
