@@ -55,5 +55,9 @@ def run(report, agents, *, threads: int = 8, per_thread: int = 400) -> None:
         w.join()
     elapsed = time.perf_counter() - start
     period = BudgetPeriod.objects.get(budget=team_budget)
+    from benchmarks import results
+
+    results.add("budget", "reservations/s on one hot team budget (billing.reserve), 8 threads", total / elapsed, "/s",
+                at_least=1000)
     report(f"{total} reservations in {elapsed:.2f} s = {total / elapsed:.0f}/s; team budget reserved "
            f"{period.reserved_micros} micro-dollars (expected {total * 1_000})")

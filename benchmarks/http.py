@@ -163,6 +163,12 @@ def run(report, secret: str, *, workers: int = 2, connections: int = 16, seconds
         report(propagation(base, secret, body))
         report(approval_wake(base, secret))
         report(gateway_overhead(base, secret, upstream.url))
+        from benchmarks import results
+
+        results.add("http", "bare authenticated endpoint, 16 clients", ceiling["rps"], "req/s")
+        results.add("http", "POST /api/v1/actions/, 16 clients", actions["rps"], "req/s")
+        results.add("http", "POST /api/v1/actions/ as a share of the bare endpoint", actions["rps"] / ceiling["rps"] * 100,
+                    "%", at_least=80)
         return {"ceiling": ceiling, "actions": actions, "base": base}
     finally:
         upstream_context.__exit__(None, None, None)
@@ -245,6 +251,12 @@ def gateway_overhead(base: str, secret: str, upstream_url: str, *, rounds: int =
     def pct(values, q):
         return values[min(len(values) - 1, int(len(values) * q))]
 
+    from benchmarks import results
+
+    results.add("http", "gateway overhead over a direct call, p50", pct(through, .5) - pct(direct, .5), "ms", at_most=3)
+    results.add("http", "gateway overhead over a direct call, p99", pct(through, .99) - pct(direct, .99), "ms",
+                at_most=15)
+
     return (f"gateway (POST /v1/chat/completions, {rounds} calls one at a time, instant local upstream): direct "
             f"p50 {pct(direct, .5):.1f} ms p99 {pct(direct, .99):.1f} ms; through Warden p50 {pct(through, .5):.1f} ms "
             f"p99 {pct(through, .99):.1f} ms; Warden adds {pct(through, .5) - pct(direct, .5):.1f} ms p50, "
@@ -289,6 +301,10 @@ def processes(report, secret: str, *, many: int, connections: int = 16, seconds:
                 os.killpg(server.pid, signal.SIGKILL)
             log.close()
     one, all_ = figures[1], figures[many]
+    from benchmarks import results
+
+    results.add("http", f"POST /api/v1/actions/ with {many} web processes against 1", all_["rps"] / one["rps"], "x",
+                at_least=1.6)
     report(f"1 process: {one['rps']:.0f} req/s (p50 {one['p50']:.1f} ms); {many} processes: {all_['rps']:.0f} req/s "
            f"(p50 {all_['p50']:.1f} ms) = {all_['rps'] / one['rps']:.2f}x (target >= 1.6x with 2 processes); with "
            f"{many}: " + _cpu_line(all_))

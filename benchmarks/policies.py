@@ -131,6 +131,11 @@ def run(report) -> bool:
                f"({p(whole_samples, 50) / p(fast_samples, 50):.1f}x)"
                + (" (target <= 150 µs p50, >= 10x)" if count == 2000 else ""))
         if count == 2000:
+            from benchmarks import results
+
+            results.add("policies", "policy step at 2,000 policies, sliced, p50", p(fast_samples, 50), "µs", at_most=150)
+            results.add("policies", "sliced against whole set at 2,000 policies", p(whole_samples, 50) / p(fast_samples, 50),
+                        "x", at_least=10)
             mismatches = 0
             outcomes: dict[str, int] = {}
             for r in requests:
@@ -141,6 +146,7 @@ def run(report) -> bool:
             report(f"differential check: {len(requests)} requests, sliced vs whole-set decisions and deciding "
                    f"policies differ in {mismatches} (outcomes: {outcomes}); "
                    f"{len(compiled._slices)} distinct slices cached")
+            results.add("policies", "differential check, 10,000 requests: differences", mismatches, "", at_most=0)
             ok = ok and mismatches == 0
             start = time.perf_counter()
             CompiledPolicySet(count, rows)
