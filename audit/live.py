@@ -12,7 +12,6 @@ socket reconnect, and fetches what it missed from PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 import time
@@ -22,7 +21,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
-logger = logging.getLogger(__name__)
+from governance.push import deliver
+
 
 GROUP = "audit.timeline"
 BATCH_SECONDS = 0.1
@@ -64,9 +64,11 @@ def _run() -> None:
                 ids.append(_queue.get(timeout=left))
             except queue.Empty:
                 break
-        try:
+        async def send(ids=ids):
+            # A number taken twice (a try that failed after it) is a gap the page fills from PostgreSQL.
             last = counter.incrby(SEQUENCE_KEY, len(ids))
-            message = {"type": "audit.events", "ids": ids, "first": last - len(ids) + 1, "last": last}
-            loop.run_until_complete(layer.group_send(GROUP, message))
-        except Exception:  # Redis down: the events are safe in PostgreSQL; pages catch up on reconnect
-            logger.warning("live audit push failed", exc_info=True)
+            await layer.group_send(GROUP, {"type": "audit.events", "ids": ids, "first": last - len(ids) + 1,
+                                           "last": last})
+
+        # Redis down: the events are safe in PostgreSQL; pages catch up on reconnect.
+        deliver(loop, send, what=f"{len(ids)} audit events")

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from django.http import JsonResponse
+import sys
+
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
 
 from .context import get_correlation_id
 
-TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 500: "Server error"}
+TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 500: "Server error", 503: "Service unavailable"}
+UNAVAILABLE = "The database cannot be reached; nothing was decided or written. Try again shortly."
+RETRY_AFTER = "2"
+
+
+def database_unavailable(exc: BaseException | None) -> bool:
+    """PostgreSQL is down, restarting or unreachable: Warden fails closed with a 503, never a 500."""
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 def problem_response(request, status: int, detail: str) -> JsonResponse:
@@ -41,4 +52,13 @@ def not_found(request, exception=None):
 
 
 def server_error(request):
+    # Django calls this while the uncaught exception is being handled: it is still sys.exc_info()'s.
+    if database_unavailable(sys.exc_info()[1]):
+        # Not the usual page: its layout asks for the user, whose session is in the database.
+        if request.path.startswith("/api/"):
+            response = problem_response(request, 503, UNAVAILABLE)
+        else:
+            response = HttpResponse(render_to_string("unavailable.html", {"detail": UNAVAILABLE}), status=503)
+        response["Retry-After"] = RETRY_AFTER
+        return response
     return _page(request, 500, "Something went wrong on our side; it has been logged.")

@@ -32,6 +32,7 @@ from django.db import close_old_connections
 
 from governance import metrics
 from governance.context import clean_correlation_id, correlation_scope, new_correlation_id
+from governance.errors import RETRY_AFTER, UNAVAILABLE, database_unavailable
 from governance.threads import DaemonThreadPool
 
 from . import services
@@ -86,7 +87,12 @@ class Gateway:
             challenge = [(b"www-authenticate", b'Bearer realm="warden"')] if error.status == 401 else []
             await _json(send, error.status, error.body(),
                         headers=[*_action_header(error.extra.get("action_id")), *challenge])
-        except Exception:  # never a bare 500 page: the client gets the protocol's error shape
+        except Exception as error:  # never a bare 500 page: the client gets the protocol's error shape
+            if database_unavailable(error):  # fail closed: nothing was decided; the client may retry
+                logger.warning("gateway: database unavailable: %s", error.__class__.__name__)
+                await _json(send, 503, GatewayError(503, "service_unavailable", UNAVAILABLE).body(),
+                            headers=[(b"retry-after", RETRY_AFTER.encode())])
+                return
             logger.exception("gateway request failed")
             await _json(send, 500, GatewayError(500, "internal_error", "Warden could not handle this call.").body())
 

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from governance.context import get_correlation_id
+from governance.errors import RETRY_AFTER, UNAVAILABLE, database_unavailable
 from governance.exceptions import Conflict, NotAllowed
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ def problem(status_code: int, title: str, detail: str, *, errors=None, request=N
 
 def problem_exception_handler(exc, context):
     request = context.get("request")
+    if database_unavailable(exc):
+        # Fail closed: nothing was decided. Logged once per request, without the stack of a real bug.
+        logger.warning("database unavailable: %s", exc.__class__.__name__)
+        result = problem(503, "Service unavailable", UNAVAILABLE, request=request)
+        result["Retry-After"] = RETRY_AFTER
+        return result
     if isinstance(exc, Conflict):
         return problem(409, "Conflict", exc.message, request=request, extra={"code": exc.code})
     if isinstance(exc, NotAllowed):
