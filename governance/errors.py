@@ -16,9 +16,22 @@ UNAVAILABLE = "The database cannot be reached; nothing was decided or written. T
 RETRY_AFTER = "2"
 
 
+# SQLSTATE classes of a server that is not there: connection exceptions (08), and shutting down or starting
+# up (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
+UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03")
+
+
 def database_unavailable(exc: BaseException | None) -> bool:
-    """PostgreSQL is down, restarting or unreachable: Warden fails closed with a 503, never a 500."""
-    return isinstance(exc, (OperationalError, InterfaceError))
+    """PostgreSQL is down, restarting or unreachable: Warden fails closed with a 503, never a 500.
+
+    Only those: an OperationalError is also a lock timeout or a cancelled statement, which are bugs to see.
+    """
+    if isinstance(exc, InterfaceError):  # the connection is closed
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    state = getattr(exc.__cause__, "sqlstate", None)
+    return state is None or state.startswith(UNAVAILABLE_STATES)  # None: no server answered at all
 
 
 def problem_response(request, status: int, detail: str) -> JsonResponse:

@@ -212,6 +212,9 @@ def _publish(*, by, reason: str) -> PolicySetVersion:
         .order_by("name")
         .values_list("name", "current__number")
     ]
+    # The reason is "<policy> v<n>: <the person's reason>", and the person's may already be the longest allowed.
+    limit = PolicySetVersion._meta.get_field("reason").max_length
+    reason = reason if len(reason) <= limit else reason[: limit - 1] + "…"
     version = PolicySetVersion.objects.create(number=last + 1, members=members, reason=reason, created_by=by)
     audit_record(
         action="policy_set.publish", actor=by, resource=f"policy_set:{version.number}",

@@ -297,6 +297,8 @@ SPECTACULAR_SETTINGS = {
     # AnonymousLimit authenticates nobody (it only counts): no security scheme to describe.
     "AUTHENTICATION_WHITELIST": ["governance.api.authentication.BearerAuthentication",
                                  "rest_framework.authentication.SessionAuthentication"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "governance.api.schema.problem_responses"],
 }
 
 # --- Warden ---------------------------------------------------------------------

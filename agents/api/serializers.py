@@ -123,9 +123,9 @@ class KeyOutput(serializers.Serializer):
     prefix = serializers.CharField(source="display_prefix")
     state = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
-    expires_at = serializers.DateTimeField()
-    revoked_at = serializers.DateTimeField()
-    last_used_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
 
     def get_state(self, key: AgentKey) -> str:
         return key_state(key)
@@ -161,7 +161,7 @@ class AgentDelegationInput(DelegationInput):
 
 class DelegationOutput(serializers.Serializer):
     id = serializers.UUIDField()
-    parent = serializers.UUIDField(source="parent_id")
+    parent = serializers.UUIDField(allow_null=True, source="parent_id")
     delegator = serializers.SerializerMethodField()
     delegate = serializers.CharField(source="delegate.name")
     delegate_id = serializers.UUIDField()
@@ -171,7 +171,7 @@ class DelegationOutput(serializers.Serializer):
     purpose = serializers.CharField()
     created_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField()
-    revoked_at = serializers.DateTimeField()
+    revoked_at = serializers.DateTimeField(allow_null=True)
 
     def get_delegator(self, delegation: Delegation) -> dict:
         if delegation.delegator_user_id:
@@ -185,7 +185,7 @@ class AgentSelfOutput(serializers.Serializer):
     status = serializers.CharField(source="agent.status")
     team = serializers.CharField(source="agent.team.name")
     key_id = serializers.UUIDField(source="key.id")
-    key_expires_at = serializers.DateTimeField(source="key.expires_at")
+    key_expires_at = serializers.DateTimeField(allow_null=True, source="key.expires_at")
 
 
 # --- runs ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from governance.api.base import CapabilityView, valid
-from governance.api.pagination import Pagination
+from governance.api.pagination import Pagination, paginated
 from governance.api.permissions import IsAgent
 
 from .. import selectors, services
@@ -22,7 +22,7 @@ class AgentListView(CapabilityView):
 
     @extend_schema(
         parameters=[OpenApiParameter(name, str, required=False) for name in ("q", "status", "team", "owner", "role")],
-        responses=s.AgentOutput(many=True),
+        responses=paginated(s.AgentOutput),
     )
     def get(self, request):
         filters = AgentFilter(request.query_params)
@@ -218,7 +218,7 @@ def _run_detail(run) -> dict:
 class AgentRunListView(CapabilityView):
     capabilities = {"GET": "run.view", "POST": "run.manage"}
 
-    @extend_schema(responses=s.RunOutput(many=True))
+    @extend_schema(responses=paginated(s.RunOutput))
     def get(self, request, agent_id):
         from ..runtime.selectors import run_list
 
@@ -244,7 +244,7 @@ class RunListView(CapabilityView):
     capabilities = {"GET": "run.view"}
 
     @extend_schema(parameters=[OpenApiParameter(name, str, required=False) for name in ("agent", "status", "source", "team")],
-                   responses=s.RunOutput(many=True))
+                   responses=paginated(s.RunOutput))
     def get(self, request):
         from ..filters import RunFilter
         from ..runtime.selectors import run_list
@@ -290,7 +290,7 @@ class RunCancelView(CapabilityView):
 class McpServerListView(CapabilityView):
     capabilities = {"GET": "mcp.view", "POST": "mcp.manage"}
 
-    @extend_schema(responses=s.McpServerOutput(many=True))
+    @extend_schema(responses=paginated(s.McpServerOutput))
     def get(self, request):
         from ..gateway.registry import mcp_server_list
 

@@ -32,8 +32,8 @@ class ApprovalOutput(serializers.Serializer):
     status = serializers.CharField()
     reasons = serializers.ListField(child=serializers.CharField())
     required_approvals = serializers.IntegerField()
-    expires_at = serializers.DateTimeField()
-    decided_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    decided_at = serializers.DateTimeField(allow_null=True)
 
 
 class ActionOutput(serializers.Serializer):
@@ -344,9 +344,9 @@ class ApprovalDetailOutput(serializers.Serializer):
     reasons = serializers.ListField(child=serializers.CharField(), source="approval.reasons")
     purpose = serializers.CharField(source="approval.purpose", help_text="what the asker says it is for (a claim)")
     created_at = serializers.DateTimeField(source="approval.created_at")
-    expires_at = serializers.DateTimeField(source="approval.expires_at")
-    decided_at = serializers.DateTimeField(source="approval.decided_at")
-    decided_by = serializers.CharField(source="approval.decided_by.username", default=None)
+    expires_at = serializers.DateTimeField(allow_null=True, source="approval.expires_at")
+    decided_at = serializers.DateTimeField(allow_null=True, source="approval.decided_at")
+    decided_by = serializers.CharField(allow_null=True, source="approval.decided_by.username", default=None)
     note = serializers.CharField(source="approval.note")
     agent = serializers.SerializerMethodField()
     action = serializers.SerializerMethodField()
@@ -409,7 +409,7 @@ class IncreaseRequestOutput(serializers.Serializer):
     requested_limit_micros = serializers.IntegerField()
     required_approvals = serializers.IntegerField()
     created_at = serializers.DateTimeField()
-    expires_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
 
 
 class ApprovalSummaryOutput(serializers.Serializer):
@@ -427,9 +427,9 @@ class ApprovalSummaryOutput(serializers.Serializer):
     action = serializers.SerializerMethodField()
     budget_increase = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
-    expires_at = serializers.DateTimeField()
-    decided_at = serializers.DateTimeField()
-    decided_by = serializers.CharField(source="decided_by.username", default=None)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    decided_at = serializers.DateTimeField(allow_null=True)
+    decided_by = serializers.CharField(allow_null=True, source="decided_by.username", default=None)
     note = serializers.CharField()
 
     def get_agent(self, approval) -> str | None:

@@ -15,7 +15,7 @@ from agents.principal import AgentPrincipal
 from governance import approvals, gate, services, simulation
 from governance.access import can, capabilities_of, user_groups
 from governance.api.base import CapabilityView, valid
-from governance.api.pagination import Pagination
+from governance.api.pagination import Pagination, paginated
 from governance.api.permissions import IsAgent
 from governance.context import correlation_scope, get_correlation_id
 from governance.exceptions import Conflict
@@ -126,7 +126,7 @@ def _policy(name) -> Policy:
 class PolicyListView(CapabilityView):
     capabilities = {"GET": "policy.view", "POST": "policy.manage"}
 
-    @extend_schema(responses=s.PolicyOutput(many=True))
+    @extend_schema(responses=paginated(s.PolicyOutput))
     def get(self, request):
         paginator = Pagination()
         page = paginator.paginate_queryset(policy_list(), request, view=self)
@@ -206,7 +206,7 @@ class PolicySimulateView(CapabilityView):
 class PolicySetListView(CapabilityView):
     capabilities = {"GET": "policy.view"}
 
-    @extend_schema(responses=s.PolicySetOutput(many=True))
+    @extend_schema(responses=paginated(s.PolicySetOutput))
     def get(self, request):
         paginator = Pagination()
         page = paginator.paginate_queryset(PolicySetVersion.objects.order_by("-number"), request, view=self)
@@ -285,7 +285,7 @@ class AgentGrantDetailView(CapabilityView):
 class DataViewListView(CapabilityView):
     capabilities = {"GET": "data_view.view", "POST": "data_view.manage"}
 
-    @extend_schema(responses=s.DataViewOutput(many=True))
+    @extend_schema(responses=paginated(s.DataViewOutput))
     def get(self, request):
         paginator = Pagination()
         page = paginator.paginate_queryset(data_view_list(user=request.user), request, view=self)
@@ -345,7 +345,7 @@ class ApprovalListView(CapabilityView):
     capabilities = {"GET": "approval.view"}
 
     @extend_schema(parameters=[OpenApiParameter(name, str) for name in ApprovalFilter.base_fields],
-                   responses=s.ApprovalSummaryOutput(many=True))
+                   responses=paginated(s.ApprovalSummaryOutput))
     def get(self, request):
         query = {key: value for key, value in request.query_params.items() if key not in ("limit", "offset")}
         filters = ApprovalFilter(query)

@@ -165,3 +165,14 @@ def test_windows_line_endings_are_not_a_new_version(api_for):
     response = client.patch("/api/v1/policies/p/", {"body": "forbid(principal, action, resource)\r\nwhen { context.hour > 22 };\r\n", "reason": "x"}, format="json")
     assert response.status_code == 400
     assert PolicyVersion.objects.filter(policy__name="p").count() == 1
+
+
+def test_the_longest_reason_allowed_publishes_a_policy_set_whose_reason_is_cut_to_fit(api_for, policy):
+    """Found by the API fuzzing: a 500-character reason, prefixed with the policy's name for the set's
+    reason, overflowed its column (a 500)."""
+    policy("all", "permit(principal, action, resource);")
+    admin = api_for("admin")
+    response = admin.post("/api/v1/policies/all/restore/", {"version": 1, "reason": "r" * 500}, format="json")
+    assert response.status_code == 200, response.json()
+    newest = PolicySetVersion.objects.order_by("-number").first()
+    assert len(newest.reason) == 500 and newest.reason.startswith("all v2: rrr") and newest.reason.endswith("…")
