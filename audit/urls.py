@@ -7,6 +7,7 @@ app_name = "audit"
 urlpatterns = [
     path("", views.timeline, name="timeline"),
     path("trace/<str:correlation_id>/", views.trace, name="trace"),
+    path("verify/", views.verify_chains, name="verify"),
     path("export.<str:fmt>", views.export, name="export"),
     path("exports/", views.export_jobs, name="export-jobs"),
     path("exports/<uuid:export_id>/", views.export_job, name="export-job"),

@@ -46,6 +46,22 @@ def trace(request, correlation_id):
 
 
 @require("audit.view")
+@require_http_methods(["POST"])
+def verify_chains(request):
+    """Security checks the whole log from the page: every chain's hashes and links, the archive manifests
+    and the latest checkpoint (as `manage.py audit_verify`, and GET /api/v1/audit/verify/)."""
+    import time
+
+    from .verify import verify
+
+    started = time.perf_counter()
+    result = verify()
+    seconds = time.perf_counter() - started
+    # 200 either way: the page shows what was found (htmx does not swap in error answers).
+    return render(request, "audit/timeline.html#verification", {"result": result, "seconds": seconds})
+
+
+@require("audit.view")
 def export(request, fmt):
     """The current filter as CSV or JSON Lines, streamed in keyset order (for scripts; the page uses jobs)."""
     if fmt not in exports.FORMATS:

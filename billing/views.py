@@ -8,6 +8,7 @@ import datetime as dt
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 
 from governance.access import can, require
 from governance.forms import apply_errors
@@ -51,10 +52,12 @@ def budget_list(request):
                 return redirect("billing:budgets")
     previous, following = _neighbours(month)
     summary = selectors.summary(user=request.user, month=month)
-    return render(request, "billing/budget_list.html", {
+    # The page's live part asks again every few seconds (htmx): only the table and its summary.
+    template = "billing/budget_list.html#live" if request.htmx and request.method == "GET" else "billing/budget_list.html"
+    return render(request, template, {"now": timezone.now(),
         "month": month, "previous": previous, "following": following, "summary": summary,
         "lines": selectors.budget_lines(user=request.user, month=month),
-        "notifications": selectors.notifications(user=request.user),
+        "notifications": [] if request.htmx else selectors.notifications(user=request.user),
         "form": form, "can_manage": can(request.user, "budget.manage"),
     }, status=400 if form.errors else 200)
 

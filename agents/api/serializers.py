@@ -72,7 +72,7 @@ class AgentOutput(serializers.Serializer):
     team = serializers.CharField(source="team.name")
     status = serializers.CharField()
     status_reason = serializers.CharField()
-    status_changed_at = serializers.DateTimeField()
+    status_changed_at = serializers.DateTimeField(allow_null=True)
     roles = serializers.SerializerMethodField()
     allowed_models = serializers.ListField(child=serializers.CharField())
     allowed_tools = serializers.ListField(child=serializers.CharField())
@@ -80,7 +80,7 @@ class AgentOutput(serializers.Serializer):
     program = serializers.CharField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
-    last_seen_at = serializers.DateTimeField()
+    last_seen_at = serializers.DateTimeField(allow_null=True)
 
     def get_roles(self, agent) -> list[str]:
         grants = getattr(agent, "live_grants", None)
@@ -213,8 +213,8 @@ class RunOutput(serializers.Serializer):
     steps_done = serializers.IntegerField()
     error = serializers.CharField()
     created_at = serializers.DateTimeField()
-    started_at = serializers.DateTimeField()
-    finished_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
 
     def get_started_by(self, run) -> str | None:
         if run.started_by_id:
@@ -237,10 +237,10 @@ class RunStepOutput(serializers.Serializer):
     cost_micros = serializers.IntegerField()
     retries = serializers.IntegerField()
     duration_ms = serializers.IntegerField()
-    action_id = serializers.UUIDField()
+    action_id = serializers.UUIDField(allow_null=True)
     attempts = serializers.ListField(child=serializers.DictField())
     started_at = serializers.DateTimeField()
-    finished_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
 
 
 class RunDetailOutput(RunOutput):

@@ -105,3 +105,25 @@ def test_sign_ins_and_failed_sign_ins_are_recorded(client, personas):
     assert (failed.outcome, failed.resource, failed.actor_type) == ("denied", "user:viewer-user", "system")
     assert "wrong" not in json.dumps(failed.payload)  # the attempted password is never recorded
     assert AuditEvent.objects.get(action="auth.sign_in").actor_name == "viewer-user"
+
+
+def test_security_verifies_the_chains_from_the_timeline_and_a_tampered_event_shows_broken(client_for, bot, policy):
+    from audit.models import AuditEvent
+    from tests.conftest import as_owner, ask
+
+    policy("all", "permit(principal, action, resource);")
+    ask(bot)
+    security = client_for("security")
+    page = security.post("/audit/verify/", HTTP_HX_REQUEST="true")
+    assert page.status_code == 200 and 'data-ok="true"' in page.content.decode()
+    assert f"{AuditEvent.objects.count()} events in" in page.content.decode()
+    assert client_for("finance").post("/audit/verify/").status_code == 403
+    assert security.get("/audit/verify/").status_code == 405
+
+    event = AuditEvent.objects.order_by("id").last()
+    with as_owner() as cursor:
+        cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
+        cursor.execute("UPDATE audit_auditevent SET reasons = '[\"nothing to see\"]' WHERE id = %s", [event.pk])
+        cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER USER")
+    page = security.post("/audit/verify/", HTTP_HX_REQUEST="true").content.decode()
+    assert 'data-ok="false"' in page and "Broken." in page
