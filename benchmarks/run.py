@@ -5,8 +5,8 @@ printed, never asserted; the run fails only if the differential check finds
 the fast policy path disagreeing with whole-set evaluation.
 
 `make bench BENCH="gate audit"` runs only the named sections (policies, gate,
-http, budget, audit). WARDEN_BENCH_AUDIT_EVENTS sets the audit log's size
-(default 5,000,000).
+http, budget, audit, soak, differential). WARDEN_BENCH_AUDIT_EVENTS sets the audit
+log's size (default 5,000,000); WARDEN_SOAK_SECONDS the soak's length (120).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-SECTIONS = ("policies", "gate", "http", "budget", "audit")
+SECTIONS = ("policies", "gate", "http", "budget", "audit", "soak", "differential")
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     import django
 
     django.setup()
-    from benchmarks import audit, budget, fixtures, gate, http, policies, results
+    from benchmarks import audit, budget, differential, fixtures, gate, http, policies, results, soak
 
     sections = argv or SECTIONS
     unknown = set(sections) - set(SECTIONS)
@@ -72,6 +72,10 @@ def main(argv: list[str]) -> int:
             report(f"the audit append costs {share:.0%} of gate throughput (target <= 10%)")
             results.add("audit", "audit append's share of gate throughput, 8 callers, 5M events", share * 100, "%",
                         at_most=10)
+    if "soak" in sections:
+        soak.run(report, agents, secrets)
+    if "differential" in sections:
+        ok = differential.run(report) and ok
     elapsed = time.perf_counter() - started
     report("== Every figure beside its target ==")
     report(results.table())
