@@ -52,11 +52,19 @@ def verify_chains(request):
     and the latest checkpoint (as `manage.py audit_verify`, and GET /api/v1/audit/verify/)."""
     import time
 
+    from django.core.cache import cache
+
     from .verify import verify
 
-    started = time.perf_counter()
-    result = verify()
-    seconds = time.perf_counter() - started
+    # One at a time (it reads the whole log): a second click, tab or person is told, not queued.
+    if not cache.add("warden:audit:verifying", request.user.username, timeout=15 * 60):
+        return render(request, "audit/timeline.html#verification", {"busy": cache.get("warden:audit:verifying")})
+    try:
+        started = time.perf_counter()
+        result = verify()
+        seconds = time.perf_counter() - started
+    finally:
+        cache.delete("warden:audit:verifying")
     # 200 either way: the page shows what was found (htmx does not swap in error answers).
     return render(request, "audit/timeline.html#verification", {"result": result, "seconds": seconds})
 

@@ -87,18 +87,18 @@ def run(report, agents, secrets, *, seconds: int | None = None) -> dict:
         budget_create(scope="organisation", monthly_limit_micros=10**12, by=finance)
     org = Budget.objects.get(scope="organisation")  # it covers every agent: its spend is the whole ledger
 
+    from django.utils import timezone
+
+    soak_started_at = timezone.now()  # everything counted below is what the soak did, not earlier sections
+    period = BudgetPeriod.objects.filter(budget=org).order_by("-period_start").first()
+    spent_before = period.spent_micros if period else 0
+    ledger_before = LedgerEntry.objects.aggregate(total=Sum("cost_micros"))["total"] or 0
     broker = PrivateRedis(ROOT / "var" / "soak-broker")
     broker.start()
     port = free_port()
     env = dict(os.environ, WARDEN_LOG_LEVEL="WARNING", WARDEN_BROKER_URL=broker.url,
                WARDEN_LLM_UPSTREAMS='{"*": "simulated"}', WARDEN_SIMULATED_LATENCY_MS="50",
                WARDEN_SIMULATED_INVALID_PERCENT="0", WARDEN_DEMO_TRAFFIC="0")
-    web = _spawn(["-m", "uvicorn", "governance.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-                  "--workers", str(os.cpu_count() or 2), "--no-access-log", "--log-level", "warning"],
-                 env, ROOT / "var" / "soak-web.log")
-    worker = _spawn(["-m", "celery", "-A", "governance", "worker", "--concurrency", "2", "--loglevel", "WARNING",
-                     "-n", "soak@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                    env, ROOT / "var" / "soak-worker.log")
     base = f"http://127.0.0.1:{port}"
     from governance.celery import app
 
@@ -160,7 +160,14 @@ def run(report, agents, secrets, *, seconds: int | None = None) -> dict:
             stop.wait(2)
         connection.close()
 
+    web = worker = None
     try:
+        web = _spawn(["-m", "uvicorn", "governance.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+                      "--workers", str(os.cpu_count() or 2), "--no-access-log", "--log-level", "warning"],
+                     env, ROOT / "var" / "soak-web.log")
+        worker = _spawn(["-m", "celery", "-A", "governance", "worker", "--concurrency", "2", "--loglevel",
+                         "WARNING", "-n", "soak@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                        env, ROOT / "var" / "soak-worker.log")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
@@ -170,7 +177,6 @@ def run(report, agents, secrets, *, seconds: int | None = None) -> dict:
                 time.sleep(0.3)
         time.sleep(3)  # the worker connects
         memory_start = {"web": _rss_mib(web.pid), "worker": _rss_mib(worker.pid)}
-        actions_before = Action.objects.count()
         threads = [threading.Thread(target=rest, args=(secrets[i],), daemon=True) for i in range(8, 12)]
         threads += [threading.Thread(target=gateway, args=(secrets[i],), daemon=True) for i in range(12, 14)]
         threads.append(threading.Thread(target=fleet, daemon=True))
@@ -190,41 +196,44 @@ def run(report, agents, secrets, *, seconds: int | None = None) -> dict:
     finally:
         stop.set()
         app.conf.broker_url = previous_broker
-        _stop(web)
-        _stop(worker)
+        for process in (web, worker):
+            if process is not None:
+                _stop(process)
         broker.stop()
 
-    decisions = Action.objects.count() - actions_before
+    during = Action.objects.filter(created_at__gte=soak_started_at)
+    decisions = during.count()
     by_transport = Counter()
     for name, number in counts.items():
         by_transport[name] = number
     decided_events = set(AuditEvent.objects.filter(payload__has_key="action_id", action__startswith="gate.",
                                                    outcome__in=("allowed", "denied", "pending_approval"))
                          .values_list("payload__action_id", flat=True))
-    actions = set(str(pk) for pk in Action.objects.values_list("pk", flat=True))
+    actions = set(str(pk) for pk in during.values_list("pk", flat=True))
     without_event = len(actions - decided_events)
-    completed = set(str(pk) for pk in Action.objects.exclude(completed_at=None).values_list("pk", flat=True))
+    completed = set(str(pk) for pk in during.exclude(completed_at=None).values_list("pk", flat=True))
     completion_events = set(AuditEvent.objects.filter(action="gate.complete")
                             .values_list("payload__action_id", flat=True))
     without_completion = len(completed - completion_events)
     chain = verify()
     lost = without_event + without_completion + len(chain.problems)
-    period = BudgetPeriod.objects.get(budget=org)
-    ledger = LedgerEntry.objects.filter(period_start=period.period_start).aggregate(total=Sum("cost_micros"))["total"] or 0
-    open_lines = Action.objects.filter(status="decided", outcome="allowed").aggregate(
+    period = BudgetPeriod.objects.filter(budget=org).order_by("-period_start").first()
+    spent = (period.spent_micros if period else 0) - spent_before  # what the soak added, both sides
+    ledger = (LedgerEntry.objects.aggregate(total=Sum("cost_micros"))["total"] or 0) - ledger_before
+    open_lines = during.filter(status="decided", outcome="allowed").aggregate(
         total=Sum("reserved_micros"))["total"] or 0
     report(f"{decisions:,} decisions in {elapsed:.0f} s ({decisions / elapsed:,.0f}/s): "
            + ", ".join(f"{name} {number:,}" for name, number in sorted(by_transport.items())))
     report(f"lost events: {lost} (decisions without their event {without_event}, completions without theirs "
            f"{without_completion}, chain problems {len(chain.problems)}; {chain.events_checked:,} events checked)")
-    report(f"ledger == spend: organisation budget spent {period.spent_micros:,} µ$, ledger {ledger:,} µ$ "
-           f"({'equal' if period.spent_micros == ledger else 'NOT EQUAL'}); reserved {period.reserved_micros:,} µ$ "
-           f"for {open_lines:,} µ$ of allowed calls not completed")
+    report(f"ledger == spend, during the soak: organisation budget spent {spent:,} µ$, ledger {ledger:,} µ$ "
+           f"({'equal' if spent == ledger else 'NOT EQUAL'}); reserved now {period.reserved_micros:,} µ$ "
+           f"for {open_lines:,} µ$ of the soak's allowed calls not completed")
     report(f"memory (RSS): web {memory_start['web']:.0f} -> {memory_end['web']:.0f} MiB, "
            f"worker {memory_start['worker']:.0f} -> {memory_end['worker']:.0f} MiB")
     results.add("soak", "decisions during the soak", decisions, "")
     results.add("soak", "lost events", lost, "", at_most=0)
-    results.add("soak", "ledger minus budget spend (absolute)", abs(ledger - period.spent_micros), "µ$", at_most=0)
+    results.add("soak", "ledger minus budget spend (absolute)", abs(ledger - spent), "µ$", at_most=0)
     results.add("soak", "web processes' memory growth", memory_end["web"] - memory_start["web"], "MiB")
     results.add("soak", "worker's memory growth", memory_end["worker"] - memory_start["worker"], "MiB")
     return {"decisions": decisions, "lost": lost}

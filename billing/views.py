@@ -9,6 +9,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.views.decorators.vary import vary_on_headers
 
 from governance.access import can, require
 from governance.forms import apply_errors
@@ -32,6 +33,7 @@ def _neighbours(month: dt.date) -> tuple[str, str]:
 
 
 @require("budget.view")
+@vary_on_headers("HX-Request")  # the same URL answers the page or its live part
 def budget_list(request):
     month = _month(request)
     form = BudgetForm(request.POST or None)
@@ -51,13 +53,14 @@ def budget_list(request):
                 messages.success(request, f"Budget for {budget.label} set.")
                 return redirect("billing:budgets")
     previous, following = _neighbours(month)
-    summary = selectors.summary(user=request.user, month=month)
-    # The page's live part asks again every few seconds (htmx): only the table and its summary.
-    template = "billing/budget_list.html#live" if request.htmx and request.method == "GET" else "billing/budget_list.html"
+    # The page's live part asks again every few seconds (htmx): the budgets table, nothing else computed.
+    live = bool(request.htmx) and request.method == "GET"
+    template = "billing/budget_list.html#live" if live else "billing/budget_list.html"
+    summary = None if live else selectors.summary(user=request.user, month=month)
     return render(request, template, {"now": timezone.now(),
         "month": month, "previous": previous, "following": following, "summary": summary,
         "lines": selectors.budget_lines(user=request.user, month=month),
-        "notifications": [] if request.htmx else selectors.notifications(user=request.user),
+        "notifications": [] if live else selectors.notifications(user=request.user),
         "form": form, "can_manage": can(request.user, "budget.manage"),
     }, status=400 if form.errors else 200)
 

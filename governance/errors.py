@@ -12,26 +12,37 @@ from django.template.loader import render_to_string
 from .context import get_correlation_id
 
 TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 500: "Server error", 503: "Service unavailable"}
-UNAVAILABLE = "The database cannot be reached; nothing was decided or written. Try again shortly."
+UNAVAILABLE = ("The database cannot be reached. Nothing is allowed that is not recorded; if you were asking for a "
+               "decision, ask again with the same idempotency key, and a decision already recorded is given back.")
 RETRY_AFTER = "2"
-
-
 # SQLSTATE classes of a server that is not there: connection exceptions (08), and shutting down or starting
 # up (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
 UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03")
 
 
+def _connection_gone() -> bool:
+    """Is a database connection of this thread closed, broken, or never made (the server refused it)?"""
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        raw = connection.connection
+        if raw is None or raw.closed or getattr(raw, "broken", False):
+            return True
+    return False
+
+
 def database_unavailable(exc: BaseException | None) -> bool:
     """PostgreSQL is down, restarting or unreachable: Warden fails closed with a 503, never a 500.
 
-    Only those: an OperationalError is also a lock timeout or a cancelled statement, which are bugs to see.
+    Only those. An OperationalError is also a lock or statement timeout, and an error without a SQLSTATE may
+    be the client's own (too many parameters): those are bugs to see, with their traceback, as 500s.
     """
-    if isinstance(exc, InterfaceError):  # the connection is closed
-        return True
-    if not isinstance(exc, OperationalError):
+    if not isinstance(exc, (OperationalError, InterfaceError)):
         return False
     state = getattr(exc.__cause__, "sqlstate", None)
-    return state is None or state.startswith(UNAVAILABLE_STATES)  # None: no server answered at all
+    if state is not None:
+        return state.startswith(UNAVAILABLE_STATES)
+    return _connection_gone()  # no SQLSTATE: unavailable only if the connection is really gone
 
 
 def problem_response(request, status: int, detail: str) -> JsonResponse:

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from governance.api.base import CapabilityView, valid
-from governance.api.pagination import Pagination, paginated
+from governance.api.pagination import Pagination
 from governance.api.permissions import IsAgent
 
 from .. import selectors, services
@@ -18,11 +18,12 @@ from . import serializers as s
 
 
 class AgentListView(CapabilityView):
+    pagination_class = Pagination  # the schema describes its lists as pages
     capabilities = {"GET": "agent.view", "POST": "agent.manage"}
 
     @extend_schema(
         parameters=[OpenApiParameter(name, str, required=False) for name in ("q", "status", "team", "owner", "role")],
-        responses=paginated(s.AgentOutput),
+        responses=s.AgentOutput(many=True),
     )
     def get(self, request):
         filters = AgentFilter(request.query_params)
@@ -216,9 +217,10 @@ def _run_detail(run) -> dict:
 
 
 class AgentRunListView(CapabilityView):
+    pagination_class = Pagination  # the schema describes its lists as pages
     capabilities = {"GET": "run.view", "POST": "run.manage"}
 
-    @extend_schema(responses=paginated(s.RunOutput))
+    @extend_schema(responses=s.RunOutput(many=True))
     def get(self, request, agent_id):
         from ..runtime.selectors import run_list
 
@@ -241,10 +243,11 @@ class AgentRunListView(CapabilityView):
 
 
 class RunListView(CapabilityView):
+    pagination_class = Pagination  # the schema describes its lists as pages
     capabilities = {"GET": "run.view"}
 
     @extend_schema(parameters=[OpenApiParameter(name, str, required=False) for name in ("agent", "status", "source", "team")],
-                   responses=paginated(s.RunOutput))
+                   responses=s.RunOutput(many=True))
     def get(self, request):
         from ..filters import RunFilter
         from ..runtime.selectors import run_list
@@ -288,9 +291,10 @@ class RunCancelView(CapabilityView):
 
 
 class McpServerListView(CapabilityView):
+    pagination_class = Pagination  # the schema describes its lists as pages
     capabilities = {"GET": "mcp.view", "POST": "mcp.manage"}
 
-    @extend_schema(responses=paginated(s.McpServerOutput))
+    @extend_schema(responses=s.McpServerOutput(many=True))
     def get(self, request):
         from ..gateway.registry import mcp_server_list
 

@@ -88,7 +88,7 @@ class Gateway:
             await _json(send, error.status, error.body(),
                         headers=[*_action_header(error.extra.get("action_id")), *challenge])
         except Exception as error:  # never a bare 500 page: the client gets the protocol's error shape
-            if database_unavailable(error):  # fail closed: nothing was decided; the client may retry
+            if getattr(error, "warden_database_unavailable", False) or database_unavailable(error):  # fail closed
                 logger.warning("gateway: database unavailable: %s", error.__class__.__name__)
                 await _json(send, 503, GatewayError(503, "service_unavailable", UNAVAILABLE).body(),
                             headers=[(b"retry-after", RETRY_AFTER.encode())])
@@ -104,6 +104,10 @@ class Gateway:
             try:
                 with correlation_scope(correlation):  # the request's id on every event it writes
                     return function(*args, **kwargs)
+            except Exception as error:
+                # Judged here, in the thread whose connection failed (the event loop's has none to look at).
+                error.warden_database_unavailable = database_unavailable(error)
+                raise
             finally:
                 close_old_connections()
 

@@ -79,7 +79,7 @@ class VerifyView(APIView):
     permission_classes = [IsAuthenticated, HasCapability]
     capabilities = {"GET": "audit.view"}
 
-    @extend_schema(responses=VerifyOutput)
+    @extend_schema(responses={200: VerifyOutput, 409: VerifyOutput})
     def get(self, request):
         result = verify()
         return Response(VerifyOutput(result).data, status=200 if result.ok else 409)

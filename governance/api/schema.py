@@ -26,7 +26,7 @@ PROBLEM = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "instance": {"type": "string"},
-        "correlation_id": {"type": ["string", "null"]},
+        "correlation_id": {"type": "string", "nullable": True},
         "code": {"type": "string", "description": "A stable name for the problem, where one applies."},
         "errors": {"type": "object", "description": "Field name to its messages (400), or the error's details.",
                    "additionalProperties": True},

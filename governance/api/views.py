@@ -15,7 +15,7 @@ from agents.principal import AgentPrincipal
 from governance import approvals, gate, services, simulation
 from governance.access import can, capabilities_of, user_groups
 from governance.api.base import CapabilityView, valid
-from governance.api.pagination import Pagination, paginated
+from governance.api.pagination import Pagination
 from governance.api.permissions import IsAgent
 from governance.context import correlation_scope, get_correlation_id
 from governance.exceptions import Conflict
@@ -124,9 +124,10 @@ def _policy(name) -> Policy:
 
 
 class PolicyListView(CapabilityView):
+    pagination_class = Pagination  # the schema describes its lists as pages
     capabilities = {"GET": "policy.view", "POST": "policy.manage"}
 
-    @extend_schema(responses=paginated(s.PolicyOutput))
+    @extend_schema(responses=s.PolicyOutput(many=True))
     def get(self, request):
         paginator = Pagination()
         page = paginator.paginate_queryset(policy_list(), request, view=self)
@@ -204,9 +205,10 @@ class PolicySimulateView(CapabilityView):
 
 
 class PolicySetListView(CapabilityView):
+    pagination_class = Pagination  # the schema describes its lists as pages
     capabilities = {"GET": "policy.view"}
 
-    @extend_schema(responses=paginated(s.PolicySetOutput))
+    @extend_schema(responses=s.PolicySetOutput(many=True))
     def get(self, request):
         paginator = Pagination()
         page = paginator.paginate_queryset(PolicySetVersion.objects.order_by("-number"), request, view=self)
@@ -283,9 +285,10 @@ class AgentGrantDetailView(CapabilityView):
 
 
 class DataViewListView(CapabilityView):
+    pagination_class = Pagination  # the schema describes its lists as pages
     capabilities = {"GET": "data_view.view", "POST": "data_view.manage"}
 
-    @extend_schema(responses=paginated(s.DataViewOutput))
+    @extend_schema(responses=s.DataViewOutput(many=True))
     def get(self, request):
         paginator = Pagination()
         page = paginator.paginate_queryset(data_view_list(user=request.user), request, view=self)
@@ -342,10 +345,11 @@ def _approval(request, approval_id):
 
 
 class ApprovalListView(CapabilityView):
+    pagination_class = Pagination  # the schema describes its lists as pages
     capabilities = {"GET": "approval.view"}
 
     @extend_schema(parameters=[OpenApiParameter(name, str) for name in ApprovalFilter.base_fields],
-                   responses=paginated(s.ApprovalSummaryOutput))
+                   responses=s.ApprovalSummaryOutput(many=True))
     def get(self, request):
         query = {key: value for key, value in request.query_params.items() if key not in ("limit", "offset")}
         filters = ApprovalFilter(query)
