@@ -56,7 +56,13 @@
   function connect() {
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     const socket = new WebSocket(scheme + window.location.host + "/ws/approvals/?" + query);
+    // A handshake that never finishes (a server stuck on a Redis that just came back) would hold the
+    // browser's one connecting slot for this host: give up on it after 5 s and try again.
+    const opening = setTimeout(function () {
+      if (socket.readyState === WebSocket.CONNECTING) socket.close();
+    }, 5000);
     socket.onopen = function () {
+      clearTimeout(opening);
       status.textContent = "live";
       status.className = "badge ok";
       retry = 500;

@@ -12,6 +12,7 @@
   params.delete("cursor");
   let lastSeq = null;
   let retry = 500;
+  let attempts = 0;
 
   function newestCursor() {
     const row = tbody.querySelector("tr[data-cursor]");
@@ -44,9 +45,17 @@
   }
 
   function connect() {
+    attempts += 1;
+    status.dataset.attempts = attempts;  // how many times it has tried: shown to tests and to whoever inspects
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     const socket = new WebSocket(scheme + window.location.host + "/ws/audit/?" + params.toString());
+    // A handshake that never finishes (a server stuck on a Redis that just came back) would hold the
+    // browser's one connecting slot for this host: give up on it after 5 s and try again.
+    const opening = setTimeout(function () {
+      if (socket.readyState === WebSocket.CONNECTING) socket.close();
+    }, 5000);
     socket.onopen = function () {
+      clearTimeout(opening);
       status.textContent = "live";
       status.className = "badge ok";
       retry = 500;

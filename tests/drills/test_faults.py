@@ -330,7 +330,9 @@ def test_redis_restarted_loses_no_decision_or_approval_and_the_live_timeline_cat
                 page.wait_for_selector("#live-status:has-text('live')", timeout=60_000)
                 print(f"\nRedis drill: the page was live again {time.monotonic() - restarted:.1f} s after Redis")
             except Exception as error:
-                raise AssertionError(f"the page did not reconnect:\n{web.logs()}") from error
+                attempts = page.get_attribute("#live-status", "data-attempts")
+                raise AssertionError(f"the page did not reconnect ({attempts} attempts, status "
+                                     f"{page.inner_text('#live-status')!r}):\n{web.logs()}") from error
             # On reconnecting, the page fetched what it missed: every event so far, before the next one.
             so_far = AuditEvent.objects.filter(agent_name="drilled").count()
             page.wait_for_function(f"document.querySelectorAll('#event-rows tr[data-id]').length >= {so_far}",
