@@ -24,6 +24,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_healthy(base: str, seconds: float = 60) -> None:
+    """Until the server at `base` answers /healthz (or `seconds` pass: the measurement then shows why)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+
+
 def _wrk(url: str, script: str, connections: int, seconds: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
@@ -137,13 +148,7 @@ def run(report, secret: str, *, workers: int = 2, connections: int = 16, seconds
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_healthy(base)
         header = f'wrk.headers["Authorization"] = "Bearer {secret}"\nwrk.headers["Content-Type"] = "application/json"\n'
         bare = header + 'wrk.method = "GET"\n'
         body = json.dumps({"action": "llm.call", "resource": "model-03",
@@ -284,13 +289,7 @@ def processes(report, secret: str, *, many: int, connections: int = 16, seconds:
             stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    urllib.request.urlopen(base + "/healthz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            wait_healthy(base)
             _wrk(base + "/api/v1/actions/", script, connections, 2)  # warm every process
             figures[workers] = _measured(base + "/api/v1/actions/", script, connections, seconds, server.pid)
         finally:

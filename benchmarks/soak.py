@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks import results
+from benchmarks.http import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,13 +169,7 @@ def run(report, agents, secrets, *, seconds: int | None = None) -> dict:
         worker = _spawn(["-m", "celery", "-A", "governance", "worker", "--concurrency", "2", "--loglevel",
                          "WARNING", "-n", "soak@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
                         env, ROOT / "var" / "soak-worker.log")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.3)
+        wait_healthy(base, 90)
         time.sleep(3)  # the worker connects
         memory_start = {"web": _rss_mib(web.pid), "worker": _rss_mib(worker.pid)}
         threads = [threading.Thread(target=rest, args=(secrets[i],), daemon=True) for i in range(8, 12)]

@@ -82,7 +82,7 @@ def server_error(request):
         if request.path.startswith("/api/"):
             response = problem_response(request, 503, UNAVAILABLE)
         else:
-            response = HttpResponse(render_to_string("unavailable.html", {"detail": UNAVAILABLE}), status=503)
+            response = HttpResponse(render_to_string("unavailable.html"), status=503)
         response["Retry-After"] = RETRY_AFTER
         return response
     return _page(request, 500, "Something went wrong on our side; it has been logged.")

@@ -166,3 +166,31 @@ def wait_until(predicate, *, timeout: float, message: str, interval: float = 0.2
             return value
         time.sleep(interval)
     raise AssertionError(f"{message} (after {timeout:.0f} s)" + (f"\n{logs()}" if logs else ""))
+
+
+@contextmanager
+def simulated_worker(tmp, runtime_settings, *, name: str, concurrency: int = 1, **env: str):
+    """One real `celery worker` on the test database, its models answered by the simulated provider: tasks
+    from a private broker, live pushes to the session's Redis (the pages'). `env` adds or overrides settings."""
+    queue = PrivateRedis(tmp / "broker")
+    queue.start()
+    group = Cluster(tmp=tmp, redis=queue, env={
+        **os.environ,
+        "DATABASE_URL": app_database_url(),
+        "WARDEN_APP_DATABASE_URL": "",
+        "REDIS_URL": runtime_settings.REDIS_URL,
+        "WARDEN_BROKER_URL": queue.url,
+        "WARDEN_AGENT_PROGRAMS": ",".join(runtime_settings.WARDEN_AGENT_PROGRAMS),
+        "WARDEN_LLM_UPSTREAMS": '{"*": "simulated"}',
+        "WARDEN_SIMULATED_INVALID_PERCENT": "0",
+        "WARDEN_DEMO_TRAFFIC": "0",
+        "WARDEN_LOG_LEVEL": "INFO",
+        **env,
+    })
+    try:
+        with broker(queue.url):
+            group.worker(name, concurrency=concurrency)
+            yield group
+    finally:
+        group.stop()
+        queue.stop()

@@ -23,7 +23,7 @@ from governance.models import Action
 from tests.browser import SHOTS, asgi_server, chromium, sign_in
 from tests.conftest import PASSWORD
 
-from .cluster import Cluster, PrivateRedis, app_database_url, broker, wait_until
+from .cluster import simulated_worker, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -36,29 +36,9 @@ def hosts(settings):
 @pytest.fixture
 def worker(tmp_path, runtime_settings):
     """One real worker: tasks from a private broker, live pushes to the session's Redis (the page's)."""
-    queue = PrivateRedis(tmp_path / "broker")
-    queue.start()
-    env = {
-        **os.environ,
-        "DATABASE_URL": app_database_url(),
-        "WARDEN_APP_DATABASE_URL": "",
-        "REDIS_URL": runtime_settings.REDIS_URL,
-        "WARDEN_BROKER_URL": queue.url,
-        "WARDEN_AGENT_PROGRAMS": ",".join(runtime_settings.WARDEN_AGENT_PROGRAMS),
-        "WARDEN_LLM_UPSTREAMS": '{"*": "simulated"}',
-        "WARDEN_SIMULATED_LATENCY_MS": "700",  # slow enough to watch each step arrive
-        "WARDEN_SIMULATED_INVALID_PERCENT": "0",
-        "WARDEN_DEMO_TRAFFIC": "0",
-        "WARDEN_LOG_LEVEL": "INFO",
-    }
-    group = Cluster(tmp=tmp_path, redis=queue, env=env)
-    try:
-        with broker(queue.url):
-            group.worker("runner", concurrency=1)
-            yield group
-    finally:
-        group.stop()
-        queue.stop()
+    with simulated_worker(tmp_path, runtime_settings, name="runner",
+                          WARDEN_SIMULATED_LATENCY_MS="700") as group:  # slow enough to watch each step arrive
+        yield group
 
 
 def step_count(page) -> int:
